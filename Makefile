@@ -1,0 +1,51 @@
+# infodyn: `make help` lists the targets. `make run` and `make test` set everything up themselves.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GLUE_DIR ?= $(abspath ../shared/data/glue)
+export GLUE_DIR
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+NAME ?= cpu_table1
+ARGS ?=
+
+.PHONY: help install run test test-all check bench sweep report clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned: the CPU wheel on local disk; an unpinned torch pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install infodyn with its dev tools (once; reused after)
+
+run: $(STAMP) ## The quickstart: MiniLM-L6 on an SST-2 subset, redundancy pruning (~10 min, 2 CPU cores)
+	$(PY) -m infodyn experiment=quickstart $(ARGS)
+
+test: $(STAMP) ## The default test suite (minutes on 2 cores, no network)
+	$(PY) -m pytest -m "not slow and not gpu" -q $(ARGS)
+
+test-all: $(STAMP) ## Every test, including the slow ones
+	$(PY) -m pytest -m "not gpu" -q $(ARGS)
+
+check: $(STAMP) ## Lint (ruff) and the default tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(MAKE) test
+
+bench: $(STAMP) ## Benchmarks (print side-by-side ratios; slow)
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+sweep: $(STAMP) ## A Hydra multirun sweep: make sweep NAME=cpu_table1 [ARGS='hydra/launcher=local_parallel']
+	$(PY) -m infodyn -m sweep=$(NAME) $(ARGS)
+
+report: $(STAMP) ## Table 1 and Fig. 1 from a sweep: make report NAME=cpu_table1
+	$(VENV)/bin/infodyn-report outputs/multirun/$(NAME)
+
+clean: ## Remove outputs and caches (not the venv)
+	rm -rf outputs .cache .pytest_cache

@@ -1,0 +1,22 @@
+"""`python -m infodyn` / `infodyn`: the Hydra entry point (see `conf/config.yaml`)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from infodyn.pipeline import run
+
+    return run(cfg)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""`LayerDynamicsCallback`: runs layer estimators live during training, in any Lightning project.
+
+Hidden states come from the *training* forward itself: a forward hook on the HF model captures
+`outputs.hidden_states` (requested by setting `config.output_hidden_states` for training batches
+only) and the `attention_mask` keyword; no second forward pass. Knowledge entropy reads the FFN's
+post-nonlinearity activations through forward-pre-hooks on each block's output projection.
+Probe estimators (`gaussian`, `exact`) run a fixed probe set once before training (the reference
+X^0, i.e. the pretrained model) and once at every epoch end.
+
+Conventions: hidden states z_0..z_L (z_0 = embedding output); every per-layer output is indexed by
+0-based block index b, scoring block b from (z_b, z_{b+1}). With gradient accumulation each
+micro-batch is one estimator batch (B = the dataloader's batch size).
+
+Requirements on the host LightningModule: it holds an HF `PreTrainedModel` somewhere among its
+modules (found automatically, or name it with `model_attr`) and calls it with `attention_mask=`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+INDEXING = (
+    "0-based transformer block index b; the value for block b is computed from the pair "
+    "(z_b, z_{b+1}) where z_0 is the embedding output and z_{b+1} the output of block b "
+    "(the paper's 'layer b+1')"
+)
+
+
+def find_hf_model(module: nn.Module, attr: str | None = None) -> nn.Module:
+    """The outermost HF `PreTrainedModel` inside `module` (or `module.<attr>`)."""
+    from transformers import PreTrainedModel
+
+    if attr is not None:
+        found = module
+        for part in attr.split("."):
+            found = getattr(found, part)
+        module = found
+    for sub in module.modules():
+        if isinstance(sub, PreTrainedModel):
+            return sub
+    raise ValueError(
+        f"{type(module).__name__} holds no HF PreTrainedModel, so there are no hidden states to "
+        "score. Fix: pass model_attr='<attribute holding the HF model>' to LayerDynamicsCallback."
+    )
+
+
+class ActivationTap:
+    """Captures hidden states (and FFN activations) of training forwards of an HF model."""
+
+    def __init__(self, hf_model: nn.Module, want_hidden: bool, want_ffn: bool) -> None:
+        self.hf_model = hf_model
+        self.want_hidden, self.want_ffn = want_hidden, want_ffn
+        self.active = False
+        self.hidden: tuple[Tensor, ...] | None = None
+        self.mask: Tensor | None = None
+        self.ffn: dict[int, Tensor] = {}
+        self._handles: list[Any] = []
+        self._handles.append(hf_model.register_forward_hook(self._on_model, with_kwargs=True))
+        if want_ffn:
+            from infodyn.layers import ffn_output_projection, find_layer_list
+
+            _, _, blocks = find_layer_list(hf_model)
+            for idx, block in enumerate(blocks):
+                proj = ffn_output_projection(block)
+                self._handles.append(proj.register_forward_pre_hook(self._ffn_hook(idx)))
+
+    def _on_model(self, module: nn.Module, args: Any, kwargs: dict, output: Any) -> None:
+        if not self.active:
+            return
+        mask = kwargs.get("attention_mask")
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if mask is None and input_ids is not None:
+            mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
+        self.mask = mask.detach() if mask is not None else None
+        hs = getattr(output, "hidden_states", None)
+        if self.want_hidden and hs is not None:
+            self.hidden = tuple(h.detach() for h in hs)
+
+    def _ffn_hook(self, idx: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if self.active:
+                self.ffn[idx] = args[0].detach()
+
+        return hook
+
+    def start(self) -> None:
+        self.active = True
+        if self.want_hidden:
+            self.hf_model.config.output_hidden_states = True
+
+    def stop(self) -> None:
+        self.active = False
+        self.hf_model.config.output_hidden_states = False
+
+    def take(self) -> tuple[tuple[Tensor, ...] | None, list[Tensor] | None, Tensor | None]:
+        hidden, mask = self.hidden, self.mask
+        ffn = [self.ffn[i] for i in sorted(self.ffn)] if self.ffn else None
+        self.hidden, self.mask, self.ffn = None, None, {}
+        return hidden, ffn, mask
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.stop()
+
+
+class LayerDynamicsCallback(pl.Callback):
+    """Tracks every layer's estimator values at every epoch of a training stage.
+
+    Args:
+        estimators: name -> estimator (see `estimators/base.py::LayerEstimator`).
+        stage: label under which epochs are recorded (`finetune`, `recover`, ...).
+        model_attr: dotted attribute of the LightningModule that holds the HF model (optional).
+        probe_dataloader: a fixed, unshuffled dataloader for probe estimators; if None the
+            callback asks `trainer.datamodule.probe_dataloader(n)`.
+    """
+
+    def __init__(
+        self,
+        estimators: Mapping[str, Any],
+        stage: str = "finetune",
+        model_attr: str | None = None,
+        probe_dataloader: Iterable | None = None,
+    ) -> None:
+        super().__init__()
+        kinds = {"hidden_states", "ffn_activations", "probe"}
+        for key, est in estimators.items():
+            kind = getattr(est, "input_kind", None)
+            if kind not in kinds:
+                raise ValueError(
+                    f"estimator '{key}' ({type(est).__name__}) has input_kind={kind!r}; expected "
+                    f"one of {sorted(kinds)}. Fix: implement estimators/base.py::LayerEstimator."
+                )
+        if not isinstance(stage, str) or not stage:
+            raise ValueError(f"stage must be a non-empty string, got {stage!r}")
+        self.estimators = dict(estimators)
+        self.stage = stage
+        self.model_attr = model_attr
+        self.probe_dataloader = probe_dataloader
+        # history[stage][estimator key][series] = list over epochs of per-layer lists
+        self.history: dict[str, dict[str, dict[str, Any]]] = {}
+        self.reference_committed: dict[str, bool] = {k: False for k in self.estimators}
+        self._tap: ActivationTap | None = None
+
+    # -- wiring --------------------------------------------------------------------------------
+    def _kind(self, kind: str) -> dict[str, Any]:
+        return {k: e for k, e in self.estimators.items() if e.input_kind == kind}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._tap is not None:
+            return
+        for est in self.estimators.values():
+            if isinstance(est, nn.Module):
+                est.to("cpu")
+        hf_model = find_hf_model(pl_module, self.model_attr)
+        self._tap = ActivationTap(
+            hf_model,
+            want_hidden=bool(self._kind("hidden_states")),
+            want_ffn=bool(self._kind("ffn_activations")),
+        )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
+
+    # -- per batch -----------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._tap is not None:
+            self._tap.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._tap is None:
+            return
+        self._tap.stop()
+        hidden, ffn, mask = self._tap.take()
+        if mask is None:
+            return
+        mask = mask.cpu()
+        if hidden is not None:
+            hidden_cpu = [h.cpu() for h in hidden] if hidden[0].device.type != "cpu" else hidden
+            for est in self._kind("hidden_states").values():
+                est.update(hidden_cpu, mask)
+        if ffn is not None:
+            ffn_cpu = [a.cpu() for a in ffn] if ffn[0].device.type != "cpu" else ffn
+            for est in self._kind("ffn_activations").values():
+                est.update(ffn_cpu, mask)
+
+    # -- probe passes --------------------------------------------------------------------------
+    def _probe_loader(self, trainer: pl.Trainer, size: int) -> Iterable:
+        if self.probe_dataloader is not None:
+            return self.probe_dataloader
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "probe_dataloader"):
+            raise ValueError(
+                "a probe estimator (gaussian/exact) needs a fixed probe set. Fix: pass "
+                "probe_dataloader=... to LayerDynamicsCallback, or use a datamodule with "
+                "probe_dataloader(n)."
+            )
+        return dm.probe_dataloader(size)
+
+    @torch.no_grad()
+    def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        probes = self._kind("probe")
+        if not probes:
+            return
+        hf_model = find_hf_model(pl_module, self.model_attr)
+        was_training = hf_model.training
+        hf_model.eval()
+        size = max(int(getattr(e, "probe_size", 512)) for e in probes.values())
+        try:
+            for batch in self._probe_loader(trainer, size):
+                batch = {k: v.to(pl_module.device) for k, v in batch.items() if k != "labels"}
+                out = hf_model(**batch, output_hidden_states=True)
+                hidden = [h.float().cpu() for h in out.hidden_states]
+                mask = batch["attention_mask"].cpu()
+                for est in probes.values():
+                    est.update(hidden, mask)
+        finally:
+            hf_model.train(was_training)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending = [k for k, e in self._kind("probe").items() if not self.reference_committed[k]]
+        if not pending:
+            return
+        # X^t for the first epoch: the model's representations before this stage trains.
+        self._run_probe(trainer, pl_module)
+        for key in pending:
+            self.estimators[key].commit()
+            self.reference_committed[key] = True
+
+    # -- per epoch -----------------------------------------------------------------------------
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_probe(trainer, pl_module)
+        stage_hist = self.history.setdefault(self.stage, {})
+        log: dict[str, float] = {}
+        for key, est in self.estimators.items():
+            summary = est.summary()
+            entry = stage_hist.setdefault(key, {"layers": None})
+            for series, value in summary.items():
+                if isinstance(value, Tensor) and value.ndim == 1:
+                    values = [_num(v) for v in value.tolist()]
+                    entry.setdefault(series, []).append(values)
+                    if entry["layers"] is None:
+                        entry["layers"] = list(range(len(values)))
+                    if series == est.name:
+                        for idx, v in enumerate(values):
+                            if v is not None:
+                                log[f"{est.name}/layer_{idx:02d}"] = v
+                else:
+                    scalar = value.item() if isinstance(value, Tensor) else value
+                    entry.setdefault(series, []).append(_num(scalar))
+            if est.input_kind == "probe":
+                est.commit()
+            est.reset()
+        if log:
+            for name, value in log.items():
+                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+
+    # -- results and checkpoints ---------------------------------------------------------------
+    def profiles(self) -> dict[str, Any]:
+        """`results.json`'s `profiles`: {indexing, <stage>: {<estimator>: {layers, <series>...}}}."""
+        return {"indexing": INDEXING, **self.history}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "stage": self.stage,
+            "reference_committed": dict(self.reference_committed),
+            "estimators": {
+                k: e.state_dict() for k, e in self.estimators.items() if hasattr(e, "state_dict")
+            },
+            "estimator_extra": {
+                k: e.extra_state() for k, e in self.estimators.items()
+                if hasattr(e, "extra_state")
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = state_dict.get("history", {})
+        self.reference_committed.update(state_dict.get("reference_committed", {}))
+        for key, est_state in state_dict.get("estimators", {}).items():
+            if key in self.estimators and hasattr(self.estimators[key], "load_state_dict"):
+                self.estimators[key].load_state_dict(est_state, strict=False)
+        for key, extra in state_dict.get("estimator_extra", {}).items():
+            if key in self.estimators and hasattr(self.estimators[key], "load_extra_state"):
+                self.estimators[key].load_extra_state(extra)
+
+
+def _num(v: Any) -> float | None:
+    """JSON-safe number: NaN/inf -> None."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None

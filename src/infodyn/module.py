@@ -1,0 +1,170 @@
+"""`GlueClassifier`: the LightningModule that fine-tunes an HF sequence classifier on a GLUE task.
+
+It takes primitives (plain dicts) and builds the HF model itself, so `save_hyperparameters()` and
+`load_from_checkpoint` work, including for a model whose blocks were pruned (`pruned_layers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from transformers import get_linear_schedule_with_warmup
+
+from infodyn.metrics import build_metrics
+from infodyn.models import build_model
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain Python (hyper-parameters must pickle and YAML cleanly)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, DictConfig | ListConfig):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    return obj
+
+
+class GlueClassifier(pl.LightningModule):
+    """Fine-tunes `AutoModelForSequenceClassification` with AdamW and linear warm-up/decay.
+
+    Args:
+        model: a `conf/model/*.yaml` entry as a dict.
+        task: a `conf/task/*.yaml` entry as a dict (num_labels, metrics, eval split names...).
+        optim: `lr`, `weight_decay`, `warmup_ratio`.
+        finetune: `name: full|lora` and LoRA settings.
+        pruned_layers: 0-based blocks removed from the model (applied right after it is built).
+        eval_split_names: names of the validation dataloaders in order; the first logs as
+            `val/<metric>`, the others as `<name>/<metric>` (MNLI's `validation_mm`).
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        task: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        finetune: Mapping[str, Any] | None = None,
+        pruned_layers: Sequence[int] = (),
+        eval_split_names: Sequence[str] = ("validation",),
+    ) -> None:
+        super().__init__()
+        model, task, optim = _plain(model), _plain(task), _plain(optim)
+        finetune = _plain(finetune) or {"name": "full"}
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "task": task,
+                "optim": optim,
+                "finetune": finetune,
+                "pruned_layers": list(pruned_layers),
+                "eval_split_names": list(eval_split_names),
+            }
+        )
+        self.is_regression = bool(task.get("is_regression", False))
+        self.model = build_model(
+            _Cfg(model),
+            num_labels=int(task["num_labels"]),
+            problem_type="regression" if self.is_regression else "single_label_classification",
+        )
+        if pruned_layers:
+            from infodyn.pruners.surgery import remove_layers
+
+            remove_layers(self.model, list(pruned_layers))
+        if finetune.get("name", "full") == "lora":
+            self.model = apply_lora(self.model, finetune)
+        self.eval_split_names = list(eval_split_names)
+        self.val_metrics = torch.nn.ModuleList(
+            [build_metrics(task) for _ in self.eval_split_names]
+        )
+
+    # -- forward and steps -------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Tensor]) -> Any:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.model(**inputs, labels=batch.get("labels"))
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        out = self(batch)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}). The last good checkpoint is "
+                "kept; lower optim.lr, enable trainer.gradient_clip_val, or use precision=32-true."
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        out = self(batch)
+        logits = out.logits.squeeze(-1) if self.is_regression else out.logits
+        self.val_metrics[dataloader_idx].update(logits.float(), batch["labels"])
+        prefix = self._split_prefix(dataloader_idx)
+        self.log(f"{prefix}/loss", out.loss, on_epoch=True, add_dataloader_idx=False,
+                 batch_size=batch["input_ids"].shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        for idx, metrics in enumerate(self.val_metrics):
+            prefix = self._split_prefix(idx)
+            values = metrics.compute()
+            for name, value in values.items():
+                self.log(f"{prefix}/{name}", value.float(), prog_bar=(idx == 0),
+                         add_dataloader_idx=False)
+            metrics.reset()
+
+    def _split_prefix(self, idx: int) -> str:
+        return "val" if idx == 0 else self.eval_split_names[idx]
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.hparams["optim"]
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": float(optim.get("weight_decay", 0.0))},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=float(optim["lr"]),
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(float(optim.get("warmup_ratio", 0.0)) * total)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class _Cfg(dict):
+    """A dict with attribute access, so `build_model` takes plain dicts and DictConfigs alike."""
+
+    __getattr__ = dict.__getitem__
+
+
+def apply_lora(model: torch.nn.Module, finetune: Mapping[str, Any]) -> torch.nn.Module:
+    """Wrap `model` with peft LoRA adapters; the classifier head stays fully trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=int(finetune.get("r", 8)),
+        lora_alpha=int(finetune.get("alpha", 16)),
+        lora_dropout=float(finetune.get("dropout", 0.1)),
+        target_modules=finetune.get("target_modules"),
+    )
+    return get_peft_model(model, config)
+
+
+def unwrap_hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF `PreTrainedModel` inside a (possibly peft-wrapped) model, LoRA merged if present."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model

@@ -1,0 +1,102 @@
+"""Finding the block list and the FFN output projection for every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    RobertaConfig,
+)
+
+from infodyn.layers import LayerListNotFound, ffn_output_projection, find_layer_list, num_blocks
+
+ARCHS = ("roberta", "bert", "gpt2", "llama")
+
+
+def tiny(arch: str, layers: int = 4):
+    common = dict(vocab_size=99, num_labels=2, pad_token_id=1)
+    if arch == "roberta":
+        cfg = RobertaConfig(
+            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=37, **common,
+        )  # fmt: skip
+    elif arch == "bert":
+        cfg = BertConfig(
+            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=37, **common,
+        )  # fmt: skip
+    elif arch == "gpt2":
+        cfg = GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=64, **common)
+    else:
+        cfg = LlamaConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **common,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(cfg).eval()
+
+
+EXPECTED = {
+    "roberta": ("layer", "output.dense"),
+    "bert": ("layer", "output.dense"),
+    "gpt2": ("h", "mlp.c_proj"),
+    "llama": ("layers", "mlp.down_proj"),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_find_layer_list_and_ffn_projection(arch):
+    model = tiny(arch, layers=3)
+    parent, name, blocks = find_layer_list(model)
+    assert name == EXPECTED[arch][0]
+    assert getattr(parent, name) is blocks and len(blocks) == 3 == num_blocks(model)
+    block = blocks[1]
+    proj = ffn_output_projection(block)
+    assert proj is block.get_submodule(EXPECTED[arch][1])
+    # Its input is the intermediate activation: width = intermediate size, not hidden size.
+    seen = []
+    handle = proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1]))
+    model(input_ids=torch.randint(3, 99, (2, 5)))
+    handle.remove()
+    assert seen == [37 if arch != "gpt2" else 4 * 32]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_block_returns_tensor(arch):
+    """LayerDrop's skip path returns a Tensor: holds while transformers v5 blocks do so."""
+    model = tiny(arch, layers=2)
+    outs = []
+    handle = find_layer_list(model)[2][0].register_forward_hook(lambda m, a, o: outs.append(o))
+    model(input_ids=torch.randint(3, 99, (1, 4)))
+    handle.remove()
+    assert isinstance(outs[0], torch.Tensor)
+
+
+def test_through_peft_wrapper():
+    peft = pytest.importorskip("peft")
+    model = tiny("roberta", layers=3)
+    blocks = find_layer_list(model)[2]
+    wrapped = peft.get_peft_model(
+        model, peft.LoraConfig(r=2, target_modules=["query", "value", "dense"])
+    )
+    assert find_layer_list(wrapped)[2] is blocks
+    assert num_blocks(wrapped) == 3
+    proj = ffn_output_projection(find_layer_list(wrapped)[2][0])
+    assert proj is find_layer_list(wrapped)[2][0].output.dense
+
+
+def test_unknown_architecture_names_class_and_fix():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stack = nn.ModuleList([nn.Linear(2, 2)])
+
+    with pytest.raises(LayerListNotFound, match=r"Odd.*Supported: RoBERTa"):
+        find_layer_list(Odd())
+    with pytest.raises(LayerListNotFound, match="FFN output projection of block Linear"):
+        ffn_output_projection(nn.Linear(2, 2))
