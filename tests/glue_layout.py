@@ -67,7 +67,8 @@ def _line(task: str, split: str, i: int, s1: str, s2: str, raw: str, dev: bool) 
     if task == "mrpc":
         return [raw, str(1000 + i), str(2000 + i), s1, s2]
     if task == "stsb":
-        return [str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", s1, s2, raw]  # fmt: skip
+        meta = ["main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none"]
+        return [str(i), *meta, s1, s2, raw]
     if task == "qqp":
         return [str(i), str(2 * i + 1), str(2 * i + 2), s1, s2, raw]
     if task == "mnli":

@@ -283,10 +283,7 @@ class GlueDataModule(pl.LightningDataModule):
 
     def _read_hub(self) -> dict[str, Dataset]:
         task = self.task
-        hint = (
-            "Fix: set GLUE_DIR=/path/to/glue_data (the classic GLUE layout; here "
-            "/work/shared/data/glue style) or go online."
-        )
+        hint = "Fix: set GLUE_DIR=/path/to/glue_data (the classic GLUE layout) or go online."
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             if os.environ.get(var, "").strip().lower() in _TRUE:
                 raise DataConfigError(
@@ -450,7 +447,9 @@ class GlueDataModule(pl.LightningDataModule):
     def _fixed_subset(self, n: int) -> Dataset:
         train = self._ensure_train()
         if n <= 0:
-            raise DataConfigError(f"probe/calibration size must be positive, got {n}.")
+            raise DataConfigError(
+                f"a probe/calibration subset of {n} examples is empty. Fix: ask for n >= 1."
+            )
         n = min(int(n), len(train))
         # A stream of its own, so the subset does not depend on train_limit's draw.
         rng = np.random.default_rng([self.seed, 1])

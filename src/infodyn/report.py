@@ -36,9 +36,13 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 # Resolved-config keys that legitimately differ between the seeds of one cell.
 IGNORED_CONFIG_KEYS = re.compile(
-    r"(^|\.)(seed|hydra|paths|logger|wandb|job_name|sweep|output_dir|default_root_dir|"
-    r"devices|accelerator|num_nodes|strategy|num_workers|.*_dir|.*_path)(\.|$)"
+    r"^(run|project|sweep_name|sweep|experiment)(\.|$)|"  # bookkeeping (conf/config.yaml)
+    r"(^|\.)(seed|hydra|paths|logger|wandb|job_name|output_dir|default_root_dir|devices|"
+    r"accelerator|num_nodes|strategy|num_workers|eval_batch_size|enable_progress_bar|"
+    r"log_every_n_steps|.*_dir|.*_path)(\.|$)"
 )
+# Files a job writes before training: a job dir holding one but no results.json did not finish.
+JOB_MARKERS = (".hydra", "config_resolved.yaml")
 
 
 class NoRunsError(FileNotFoundError):
@@ -135,26 +139,35 @@ def _path_overrides(path: Path) -> dict[str, str]:
 
 
 def _failed_from_path(path: Path, reason: str) -> Failed:
-    over = _path_overrides(path)
-    overrides_yaml = path / ".hydra" / "overrides.yaml"
-    if overrides_yaml.is_file():
-        try:
-            import yaml
+    """Name a job without a usable results.json from its resolved config, overrides or path."""
+    import yaml
 
-            for item in yaml.safe_load(overrides_yaml.read_text()) or []:
-                if isinstance(item, str) and "=" in item:
-                    k, v = item.split("=", 1)
-                    over.setdefault(k.split(".")[-1].lstrip("+~"), v)
-        except Exception:  # best effort: naming the job is a courtesy
-            pass
-    seed = over.get("seed")
-    return Failed(
-        path,
-        reason,
-        over.get("task"),
-        over.get("pruner"),
-        int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
-    )
+    found: dict[str, Any] = {}
+    for name in ("config_resolved.yaml", ".hydra/config.yaml"):
+        try:
+            cfg = yaml.safe_load((path / name).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        for key in ("task", "pruner"):
+            sub = cfg.get(key)
+            found.setdefault(key, sub.get("name") if isinstance(sub, dict) else sub)
+        found.setdefault("seed", cfg.get("seed"))
+    try:
+        overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        overrides = []
+    pairs = [o.split("=", 1) for o in overrides if isinstance(o, str) and "=" in o]
+    for k, v in pairs + list(_path_overrides(path).items()):
+        key = k.split(".")[-1].lstrip("+~")
+        if found.get(key) is None:
+            found[key] = v
+    seed = found.get("seed")
+    try:
+        seed = int(seed) if seed is not None else None
+    except (TypeError, ValueError):
+        seed = None
+    task, pruner = found.get("task"), found.get("pruner")
+    return Failed(path, reason, task and str(task), pruner and str(pruner), seed)
 
 
 def _read_config(job_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +188,8 @@ def collect(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Run], list
 
     Returns:
         ``(runs, failed)``: complete runs, and jobs whose results.json is unreadable, not
-        ``status == "complete"``, or absent from a Hydra job dir (``.hydra/`` but no results).
+        ``status == "complete"``, or absent from a job dir (one holding ``.hydra/`` or
+        ``config_resolved.yaml``: the pipeline writes those before training).
 
     Raises:
         NoRunsError: a dir does not exist or holds no results.json at all.
@@ -209,15 +223,14 @@ def collect(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Run], list
                 failed.append(f)
                 continue
             runs.append(Run(job, data, _read_config(job, data)))
-        for hydra_dir in sorted(run_dir.rglob(".hydra")):
-            job = hydra_dir.parent
-            if hydra_dir.is_dir() and not (job / "results.json").exists():
-                if job.resolve() in seen:
-                    continue
-                seen.add(job.resolve())
-                failed.append(
-                    _failed_from_path(job, "no results.json (job crashed, killed or running)")
-                )
+        markers = (p for m in JOB_MARKERS for p in run_dir.rglob(m))
+        for job in sorted({p.parent for p in markers}):
+            if job.resolve() in seen or (job / "results.json").exists():
+                continue
+            seen.add(job.resolve())
+            failed.append(
+                _failed_from_path(job, "no results.json (job crashed, was killed or is running)")
+            )
     return runs, failed
 
 
@@ -398,7 +411,8 @@ def missing_jobs(
 def mixed_configs(runs: Sequence[Run]) -> list[str]:
     """Cells whose runs differ in model, finetune or a resolved-config key; tasks mixing models.
 
-    Seeds, paths, loggers and device settings are ignored (``IGNORED_CONFIG_KEYS``).
+    Seeds, paths, loggers and device settings are ignored (``IGNORED_CONFIG_KEYS``), and so is
+    the estimator in ``none`` cells (it only observes); elsewhere it is compared.
     """
     by_cell: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for r in runs:
@@ -431,6 +445,10 @@ def mixed_configs(runs: Sequence[Run]) -> list[str]:
 
 def _comparable(run: Run) -> dict[str, Any]:
     view = {k: v for k, v in run.config.items() if not IGNORED_CONFIG_KEYS.search(k)}
+    if run.pruner == BASELINE:  # estimators only observe training: they cannot change `none`
+        view = {k: v for k, v in view.items() if k.split(".")[0] != "estimator"}
+    else:
+        view["estimator"] = json.dumps(run.data.get("estimator"), sort_keys=True, default=str)
     for key in ("model", "finetune"):
         view[key] = json.dumps(run.data.get(key), sort_keys=True, default=str)
     return view

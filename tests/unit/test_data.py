@@ -213,7 +213,8 @@ def test_max_seq_length_over_model_limit(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
 def test_offline_hub_fails_at_once(var, tmp_path, tokenizer, monkeypatch):
-    monkeypatch.delenv("GLUE_DIR", raising=False)
+    for name in ("GLUE_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(var, "1")
 
     def no_network(*args, **kwargs):

@@ -48,9 +48,11 @@ def profile(seed: int) -> list[list[float]]:
     ]
 
 
-def layer_scores(pruner: str, seed: int) -> list[float | None]:
+def layer_scores(pruner: str, seed: int) -> list[float | None] | None:
     if pruner == "redundancy":
         return [None] + profile(seed)[-1][1:]  # block 0 unscored
+    if pruner == "none":
+        return None  # the pipeline writes null when nothing was scored
     if pruner == "knowledge_entropy":  # rises with depth, unlike the ∩ of redundancy
         rng = np.random.default_rng(100 + seed)
         return (np.linspace(0.1, 1.0, LAYERS) ** 2 + 0.05 * rng.standard_normal(LAYERS)).tolist()
@@ -89,18 +91,28 @@ def results(task: str, pruner: str, seed: int, **over) -> dict:
             "finetune": {"cosine": {"layers": list(range(LAYERS)), "redundancy": profile(seed)}},
         },
         "wall_time_s": 1.0,
-        "config_path": ".hydra/config.yaml",
+        "config_path": "config_resolved.yaml",
     }
     data.update(over)
     return data
 
 
+def resolved_config(task: str, pruner: str, seed: int, model: str = "roberta_base") -> str:
+    """A cut-down config_resolved.yaml as pipeline.run writes it."""
+    return (
+        f"task: {{name: {task}}}\nmodel: {{name: {model}}}\npruner: {{name: {pruner}}}\n"
+        f"seed: {seed}\nrun_dir: null\nsweep_name: glue_all_pruners\n"
+        f"paths: {{root: /somewhere/{seed}}}\nrun: {{skip_if_complete: true}}\n"
+        "stages: {finetune_epochs: 6, recover_epochs: 5}\ndata: {num_workers: 0}\n"
+        "estimator: {cosine: {_target_: infodyn.estimators.cosine.CosineRedundancy}}\n"
+    )
+
+
 def write_job(root: Path, data: dict) -> Path:
     d = job_dir(root, data["task"], data["pruner"], data["seed"])
-    (d / ".hydra").mkdir(parents=True, exist_ok=True)
-    (d / ".hydra" / "config.yaml").write_text(
-        f"seed: {data['seed']}\nmodel: {{name: {data['model']}}}\ntrainer: {{max_epochs: 6}}\n"
-    )
+    d.mkdir(parents=True, exist_ok=True)
+    config = resolved_config(data["task"], data["pruner"], data["seed"], data["model"])
+    (d / "config_resolved.yaml").write_text(config)
     (d / "results.json").write_text(json.dumps(data))
     return d
 
@@ -240,11 +252,29 @@ def test_mixed_models_in_a_cell_are_named(tmp_path: Path, capsys) -> None:
 def test_config_yaml_differences_are_flagged(tmp_path: Path, capsys) -> None:
     write_job(tmp_path, results("rte", "none", 0))
     odd = write_job(tmp_path, results("rte", "none", 1))
-    (odd / ".hydra" / "config.yaml").write_text("seed: 1\ntrainer: {max_epochs: 3}\n")
+    config = resolved_config("rte", "none", 1).replace("finetune_epochs: 6", "finetune_epochs: 3")
+    (odd / "config_resolved.yaml").write_text(config.replace("cosine", "gaussian"))
     report.main([str(tmp_path), "--no-figures"])
     err = capsys.readouterr().err
-    assert "mixes trainer.max_epochs" in err and str(odd) in err
-    assert "mixes seed" not in err
+    assert "mixes stages.finetune_epochs" in err and str(odd) in err
+    # seeds, paths and (in the `none` cell) the observing estimator legitimately differ
+    assert "mixes seed" not in err and "mixes paths" not in err and "estimator" not in err
+
+
+def test_job_dir_without_results_is_a_named_failure(sweep: Path, capsys) -> None:
+    crashed = sweep / "runs" / "rte" / "roberta_base" / "redundancy" / "seed=7"
+    crashed.mkdir(parents=True)
+    (crashed / "config_resolved.yaml").write_text(resolved_config("rte", "redundancy", 7))
+    runs, failed = report.collect([sweep])
+    (f,) = [f for f in failed if f.path == crashed]
+    assert (f.task, f.pruner, f.seed) == ("rte", "redundancy", 7)
+    assert "no results.json" in f.reason
+    report.main([str(sweep), "--no-figures"])
+    err = capsys.readouterr().err
+    assert str(crashed) in err
+    # seed 7 now belongs to rte, so every other rte cell is missing it
+    assert "task=rte pruner=none: seed(s) 1, 7 missing" not in err  # seed 1 failed: not missing
+    assert "task=rte pruner=none: seed(s) 7 missing" in err
 
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -296,3 +326,25 @@ def test_rank_correlation_skips_unscored_criteria(sweep: Path) -> None:
     names, rho = report.spearman_matrix(scores)
     assert rho[0, 0] == pytest.approx(1.0)
     assert rho[0, 1] == pytest.approx(spearmanr(red, ke).statistic)
+
+
+def test_estimator_mix_matters_only_when_it_scores(tmp_path: Path, capsys) -> None:
+    for pruner in ("none", "redundancy"):
+        write_job(tmp_path, results("rte", pruner, 0))
+        write_job(tmp_path, results("rte", pruner, 1, estimator="gaussian"))
+    report.main([str(tmp_path), "--no-figures"])
+    err = capsys.readouterr().err
+    assert "task=rte pruner=redundancy mixes estimator" in err
+    assert "pruner=none mixes" not in err
+
+
+def test_single_runs_n1(tmp_path: Path, capsys) -> None:
+    a = write_job(tmp_path / "a", results("mrpc", "redundancy", 0))
+    b = write_job(tmp_path / "b", results("mrpc", "last_k", 0))
+    assert report.main([str(a), str(b)]) == 0
+    md = (a / "report" / "table1.md").read_text()
+    assert f"± {report.DASH} (n=1)" in md
+    assert "(n=1: no interval)" in md
+    diff = final_metric("mrpc", "last_k", 0) - final_metric("mrpc", "redundancy", 0)
+    assert f"{diff:+.4f} [{diff:+.4f}, {diff:+.4f}] (n=1)" in md
+    assert (a / "report" / "fig1_mrpc.png").read_bytes()[:8] == PNG

@@ -85,6 +85,8 @@ def test_remove_matches_model_built_smaller(arch):
     reference.load_state_dict(state, strict=True)
 
     wrong = remove_layers(copy.deepcopy(model), [0, 2])
+    with torch.no_grad():  # installs HF's hidden-state recorders before the surgery
+        assert len(model(**batch(), output_hidden_states=True).hidden_states) == 6
     assert remove_layers(model, [3, 1]) is model
     assert num_blocks(model) == 3 and model.config.num_hidden_layers == 3
     with torch.no_grad():
@@ -95,6 +97,11 @@ def test_remove_matches_model_built_smaller(arch):
         torch.testing.assert_close(
             got, reference.base_model(**batch()).last_hidden_state, atol=1e-5, rtol=0
         )
+        hs = model(**batch(), output_hidden_states=True).hidden_states
+        ref_hs = reference(**batch(), output_hidden_states=True).hidden_states
+        assert len(hs) == len(ref_hs) == 4
+        for a, b in zip(hs, ref_hs, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         # The comparison can tell removal sets apart.
         assert not torch.allclose(got, wrong.base_model(**batch()).last_hidden_state, atol=1e-3)
     assert set(model.state_dict()) == set(reference.state_dict())

@@ -57,15 +57,18 @@ class ActivationTap:
         self.hf_model = hf_model
         self.want_hidden, self.want_ffn = want_hidden, want_ffn
         self.active = False
+        self.incomplete_ffn_batches = 0
         self.hidden: tuple[Tensor, ...] | None = None
         self.mask: Tensor | None = None
         self.ffn: dict[int, Tensor] = {}
+        self.num_blocks = 0
         self._handles: list[Any] = []
         self._handles.append(hf_model.register_forward_hook(self._on_model, with_kwargs=True))
         if want_ffn:
             from infodyn.layers import ffn_output_projection, find_layer_list
 
             _, _, blocks = find_layer_list(hf_model)
+            self.num_blocks = len(blocks)
             for idx, block in enumerate(blocks):
                 proj = ffn_output_projection(block)
                 self._handles.append(proj.register_forward_pre_hook(self._ffn_hook(idx)))
@@ -100,7 +103,10 @@ class ActivationTap:
 
     def take(self) -> tuple[tuple[Tensor, ...] | None, list[Tensor] | None, Tensor | None]:
         hidden, mask = self.hidden, self.mask
-        ffn = [self.ffn[i] for i in sorted(self.ffn)] if self.ffn else None
+        # A block skipped by LayerDrop leaves a hole: such a batch has no complete FFN profile.
+        complete = self.ffn and len(self.ffn) == self.num_blocks
+        ffn = [self.ffn[i] for i in sorted(self.ffn)] if complete else None
+        self.incomplete_ffn_batches += int(bool(self.ffn) and not complete)
         self.hidden, self.mask, self.ffn = None, None, {}
         return hidden, ffn, mask
 
@@ -257,9 +263,14 @@ class LayerDynamicsCallback(pl.Callback):
                 else:
                     scalar = value.item() if isinstance(value, Tensor) else value
                     entry.setdefault(series, []).append(_num(scalar))
+            if est.input_kind == "ffn_activations" and self._tap is not None:
+                # batches where LayerDrop skipped a block: not counted by the estimator
+                entry.setdefault("incomplete_batches", []).append(self._tap.incomplete_ffn_batches)
             if est.input_kind == "probe":
                 est.commit()
             est.reset()
+        if self._tap is not None:
+            self._tap.incomplete_ffn_batches = 0
         if log:
             for name, value in log.items():
                 pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)

@@ -157,6 +157,11 @@ class CosineRedundancy(Metric):
         self.add_state("hidden_dim", torch.tensor(0, dtype=i64), dist_reduce_fx="max")
         self.persistent(True)
 
+    def _wrap_compute(self, compute):
+        wrapped = super()._wrap_compute(compute)
+        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
+        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
+
     def _ensure_layers(self, num_layers: int) -> None:
         have = self.sum_r.numel()
         if have == 0:

@@ -46,9 +46,10 @@ def quantize(x: Tensor, bins: int) -> tuple[Tensor, Tensor]:
 
 
 def _entropy(index: Tensor, num_states: int) -> Tensor:
-    counts = torch.bincount(index, minlength=num_states).double()
+    counts = torch.bincount(index, minlength=num_states)
+    counts = counts[counts > 0].double()  # peak memory stays ~8 bytes per state
     p = counts / counts.sum()
-    return -torch.special.xlogy(p, p).sum()
+    return -(p * p.log()).sum()
 
 
 def _flat(codes: Tensor, bins: int) -> Tensor:
@@ -117,6 +118,11 @@ class ExactEntropyRate(Metric):
         )
         self.persistent(True)
 
+    def _wrap_compute(self, compute):
+        wrapped = super()._wrap_compute(compute)
+        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
+        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
+
     def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
         """Add one probe batch: ``states`` = z_0..z_L, each ``[B, T, D]``."""
         if not self._store.add(states, attention_mask):
@@ -160,8 +166,10 @@ class ExactEntropyRate(Metric):
         return -self._series()["entropy_rate"]
 
     def summary(self) -> dict[str, Tensor | float | int]:
-        """``entropy_rate``, ``entropy_rate_discrete`` ``[L]`` and the counters."""
+        """``exact`` (= compute(), -H), ``entropy_rate``, ``entropy_rate_discrete`` ``[L]``
+        and the counters."""
         out: dict[str, Tensor | float | int] = dict(self._series())
+        out = {self.name: -out["entropy_rate"], **out}
         out["num_states"] = self.num_states
         out["num_probe"] = int(self._store.previous.shape[0])
         out["nonfinite_batches"] = int(self.nonfinite_batches)

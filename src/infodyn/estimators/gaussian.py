@@ -253,6 +253,11 @@ class GaussianEntropyRate(Metric):
         )
         self.persistent(True)
 
+    def _wrap_compute(self, compute):
+        wrapped = super()._wrap_compute(compute)
+        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
+        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
+
     def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
         """Add one probe batch: ``states`` = z_0..z_L, each ``[B, T, D]``."""
         if not self._store.add(states, attention_mask):
@@ -281,9 +286,10 @@ class GaussianEntropyRate(Metric):
         return -self._series()["entropy_rate"]
 
     def summary(self) -> dict[str, Tensor | float | int]:
-        """``entropy_rate``, ``entropy_rate_trace``, ``trace_A``, ``mutual_information``,
-        ``trace_error`` ``[L]`` and the counters."""
+        """``gaussian`` (= compute(), -H), ``entropy_rate``, ``entropy_rate_trace``,
+        ``trace_A``, ``mutual_information``, ``trace_error`` ``[L]`` and the counters."""
         out: dict[str, Tensor | float | int] = dict(self._series())
+        out = {self.name: -out["entropy_rate"], **out}
         out["num_probe"] = int(self._store.previous.shape[0])
         out["nonfinite_batches"] = int(self.nonfinite_batches)
         return out

@@ -54,6 +54,11 @@ class KnowledgeEntropy(Metric):
         )
         self.persistent(True)
 
+    def _wrap_compute(self, compute):
+        wrapped = super()._wrap_compute(compute)
+        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
+        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
+
     def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
         """Add one batch: ``states`` = L tensors ``[B, T, F]`` (FFN output-projection inputs)."""
         if len(states) < 1:

@@ -36,21 +36,28 @@ class LayerPruner(Protocol):
         ...
 
 
-def resolve_k(num_layers: int, k: int | None, fraction: float | None) -> int:
-    """How many blocks to remove out of `num_layers`, from exactly one of `k` / `fraction`.
-
-    `fraction` rounds to the nearest whole block.
-    """
+def check_args(k: int | None, fraction: float | None) -> None:
+    """Exactly one of `k` (>= 0) / `fraction` (in (0, 1)) is set."""
     if (k is None) == (fraction is None):
         raise PrunerConfigError(
             f"pruner needs exactly one of k / fraction, got k={k}, fraction={fraction}. "
             "Fix: e.g. `pruner.k=4`, or `pruner.k=null pruner.fraction=0.25`."
         )
+    if k is not None and int(k) < 0:
+        raise PrunerConfigError(f"pruner.k={k} is negative. Fix: pruner.k >= 0.")
+    if fraction is not None and not 0.0 < float(fraction) < 1.0:
+        raise PrunerConfigError(
+            f"pruner.fraction={fraction} is outside (0, 1). Fix: e.g. pruner.fraction=0.25."
+        )
+
+
+def resolve_k(num_layers: int, k: int | None, fraction: float | None) -> int:
+    """How many blocks to remove out of `num_layers`, from exactly one of `k` / `fraction`.
+
+    `fraction` rounds to the nearest whole block.
+    """
+    check_args(k, fraction)
     if fraction is not None:
-        if not 0.0 < float(fraction) < 1.0:
-            raise PrunerConfigError(
-                f"pruner.fraction={fraction} is outside (0, 1). Fix: e.g. pruner.fraction=0.25."
-            )
         k = int(round(float(fraction) * num_layers))
     return check_k(int(k), num_layers)  # type: ignore[arg-type]
 
@@ -130,12 +137,7 @@ class PrunerArgs:
     def __init__(
         self, k: int | None = 4, fraction: float | None = None, protect: Iterable[int] = ()
     ) -> None:
-        if (k is None) == (fraction is None):
-            resolve_k(1, k, fraction)  # raises the both/neither message
-        if k is not None and int(k) < 0:
-            check_k(int(k), 1)
-        if fraction is not None and not 0.0 < float(fraction) < 1.0:
-            resolve_k(1, None, fraction)
+        check_args(k, fraction)
         self.k = None if k is None else int(k)
         self.fraction = None if fraction is None else float(fraction)
         self.protect = as_protect(protect)

@@ -19,7 +19,7 @@ class KnowledgeEntropyPruner(PrunerArgs):
 
     Args:
         estimator: the estimator whose profile is read.
-        reduce: `last` or `mean`.
+        reduce: `last`, `mean` or `calibration` (see `RedundancyPruner`).
         k, fraction, protect: see `PrunerArgs`.
     """
 
@@ -31,7 +31,7 @@ class KnowledgeEntropyPruner(PrunerArgs):
         fraction: float | None = None,
         protect: Iterable[int] = (),
         estimator: str = "knowledge_entropy",
-        reduce: Literal["last", "mean"] = "last",
+        reduce: Literal["last", "mean", "calibration"] = "last",
     ) -> None:
         super().__init__(k, fraction, protect)
         if reduce not in REDUCTIONS:

@@ -9,19 +9,21 @@ from torch import Tensor
 
 from infodyn.pruners.base import PrunerArgs, PrunerConfigError, top_k
 
-REDUCTIONS = ("last", "mean")
+# `calibration`: the pipeline runs the estimator on calibration data after fine-tuning instead.
+REDUCTIONS = ("last", "mean", "calibration")
 
 
 class RedundancyPruner(PrunerArgs):
     """Remove the `k` blocks whose fine-tuning redundancy profile is highest.
 
     The pipeline reduces the estimator's per-epoch profile `[E, L]` with `reduce` (`last` epoch,
-    or `mean` over fine-tuning epochs; see `reduce_profile`) and passes the `[L]` result to
+    or `mean` over fine-tuning epochs; see `reduce_profile`), or with `reduce=calibration` scores
+    the fine-tuned model on calibration data with the estimator, and passes the `[L]` result to
     `select`.
 
     Args:
         estimator: the estimator whose profile is read (its `conf/estimator` name).
-        reduce: `last` or `mean`.
+        reduce: `last`, `mean` or `calibration`.
         k, fraction, protect: see `PrunerArgs`.
     """
 
@@ -33,7 +35,7 @@ class RedundancyPruner(PrunerArgs):
         fraction: float | None = None,
         protect: Iterable[int] = (),
         estimator: str = "cosine",
-        reduce: Literal["last", "mean"] = "last",
+        reduce: Literal["last", "mean", "calibration"] = "last",
     ) -> None:
         super().__init__(k, fraction, protect)
         if reduce not in REDUCTIONS:
@@ -53,11 +55,14 @@ class RedundancyPruner(PrunerArgs):
 
 
 def reduce_profile(profile: Tensor, reduce: str) -> Tensor:
-    """Collapse an epoch axis: `last` row or `mean` over rows."""
+    """Collapse an epoch axis: `last` row or `mean` over rows (NaN-aware)."""
     if profile.ndim == 1:
         return profile
     if reduce == "last":
         return profile[-1]
     if reduce == "mean":
-        return profile.double().mean(dim=0)
-    raise PrunerConfigError(f"reduce='{reduce}' is unknown. Fix: use one of {REDUCTIONS}.")
+        return profile.double().nanmean(dim=0)
+    raise PrunerConfigError(
+        f"reduce='{reduce}' does not reduce a profile. Fix: use last or mean here; "
+        "calibration scores come from the estimator run on calibration data."
+    )
