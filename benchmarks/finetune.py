@@ -35,12 +35,21 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def config(task: str, train_limit: int | None, epochs: int, seq: int, tmp: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            f"task={task}", "model=minilm_l6", "trainer=cpu", "logger=none", "pruner=none",
-            "estimator=[cosine]", f"stages.finetune_epochs={epochs}", "optim.lr=5e-5",
-            f"data.max_seq_length={seq}",
-            f"data.train_limit={train_limit if train_limit else 'null'}",
-        ])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"task={task}",
+                "model=minilm_l6",
+                "trainer=cpu",
+                "logger=none",
+                "pruner=none",
+                "estimator=[cosine]",
+                f"stages.finetune_epochs={epochs}",
+                "optim.lr=5e-5",
+                f"data.max_seq_length={seq}",
+                f"data.train_limit={train_limit if train_limit else 'null'}",
+            ],
+        )
     with open_dict(cfg):
         cfg.paths.cache_dir = os.path.join(tmp, "cache")
         cfg.paths.glue_dir = os.environ.get("GLUE_DIR")
@@ -67,11 +76,17 @@ def lightning_throughput(cfg, dm, batches: list[dict]) -> float:
     pl.seed_everything(0)
     module = build_module(cfg, dm.eval_split_names)
     timer = _Timer()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0,
-                         gradient_clip_val=1.0,
-                         callbacks=[LayerDynamicsCallback(build_estimators(cfg)), timer])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=[LayerDynamicsCallback(build_estimators(cfg)), timer],
+    )
     trainer.fit(module, train_dataloaders=batches)
     return timer.examples / timer.seconds
 
@@ -90,13 +105,24 @@ def hf_trainer_throughput(cfg, dm, batches: list[dict], tmp: str) -> float:
 
     pl.seed_everything(0)
     model = build_module(cfg, dm.eval_split_names).model
-    args = TrainingArguments(output_dir=os.path.join(tmp, "hf"), per_device_train_batch_size=1,
-                             num_train_epochs=1, learning_rate=5e-5, weight_decay=0.01,
-                             warmup_ratio=0.06, max_grad_norm=1.0, logging_strategy="no",
-                             save_strategy="no", report_to=[], use_cpu=True,
-                             dataloader_drop_last=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=Fixed(),
-                      data_collator=lambda items: items[0])
+    args = TrainingArguments(
+        output_dir=os.path.join(tmp, "hf"),
+        per_device_train_batch_size=1,
+        num_train_epochs=1,
+        learning_rate=5e-5,
+        weight_decay=0.01,
+        warmup_ratio=0.06,
+        max_grad_norm=1.0,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_drop_last=False,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=Fixed(), data_collator=lambda items: items[0]
+    )
     timer = {"examples": 0, "seconds": 0.0}
     original = trainer.training_step
 
@@ -140,9 +166,12 @@ def main() -> None:
                 ours.append(lightning_throughput(cfg, dm, batches))
                 theirs.append(hf_trainer_throughput(cfg, dm, batches, tmp))
             o, t = statistics.median(ours), statistics.median(theirs)
-            print(f"[{task}] throughput examples/s: infodyn {o:.1f} | HF Trainer {t:.1f} | "
-                  f"ratio {o / t:.3f} (target >= 0.95; {a.rounds} alternating rounds of "
-                  f"{a.steps} batches of {cfg.data.batch_size})", flush=True)
+            print(
+                f"[{task}] throughput examples/s: infodyn {o:.1f} | HF Trainer {t:.1f} | "
+                f"ratio {o / t:.3f} (target >= 0.95; {a.rounds} alternating rounds of "
+                f"{a.steps} batches of {cfg.data.batch_size})",
+                flush=True,
+            )
             metrics, wall = {}, 0.0
             if not a.skip_metrics:
                 from infodyn.estimators.callback import LayerDynamicsCallback
@@ -151,20 +180,27 @@ def main() -> None:
                 pl.seed_everything(int(cfg.seed))
                 module = build_module(cfg, dm.eval_split_names)
                 timer = _Timer()
-                trainer = pl.Trainer(accelerator="cpu", max_epochs=a.epochs, logger=False,
-                                     enable_checkpointing=False, enable_progress_bar=False,
-                                     enable_model_summary=False, num_sanity_val_steps=0,
-                                     gradient_clip_val=1.0,
-                                     callbacks=[LayerDynamicsCallback(build_estimators(cfg)),
-                                                timer])
+                trainer = pl.Trainer(
+                    accelerator="cpu",
+                    max_epochs=a.epochs,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    gradient_clip_val=1.0,
+                    callbacks=[LayerDynamicsCallback(build_estimators(cfg)), timer],
+                )
                 start = time.time()
                 trainer.fit(module, train_dataloaders=dm.train_dataloader())
                 wall = time.time() - start
                 metrics = evaluate(trainer, module, dm)
-                print(f"[{task}] dev after {a.epochs} epochs ({len(dm.train_dataset)} train "
-                      f"examples, {wall:.0f}s, {timer.examples / timer.seconds:.1f} ex/s): "
-                      + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                  if k != "loss"), flush=True)
+                print(
+                    f"[{task}] dev after {a.epochs} epochs ({len(dm.train_dataset)} train "
+                    f"examples, {wall:.0f}s, {timer.examples / timer.seconds:.1f} ex/s): "
+                    + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "loss"),
+                    flush=True,
+                )
             rows.append((task, o, t, metrics, wall))
     print("\n| task | infodyn ex/s | Trainer ex/s | ratio | dev metrics |")
     print("|---|---|---|---|---|")

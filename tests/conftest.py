@@ -18,12 +18,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False
-                   ) -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, return_hydra_config: bool = False
+) -> DictConfig:
     """The real primary config with `overrides`, through Hydra's compose API."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides or [],
-                       return_hydra_config=return_hydra_config)
+        return compose(
+            "config", overrides=overrides or [], return_hydra_config=return_hydra_config
+        )
 
 
 TINY = [

@@ -92,7 +92,9 @@ def resolve_model_path(model_cfg: Any) -> str | None:
         return str(package_model_dir(model_cfg.package, model_cfg.get("subdir", "model")))
     if source == "hub":
         name = str(model_cfg.name_or_path)
-        looks_local = name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[-1]
+        looks_local = (
+            name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[-1]
+        )
         if looks_local and not Path(name).expanduser().exists():
             raise ModelConfigError(
                 f"model.name_or_path='{name}' does not exist. Fix: point it at a folder with "
@@ -112,7 +114,9 @@ def _hub_error(path: str, err: Exception) -> ModelConfigError:
         if offline
         else "Check the id, or go offline-safe with model=minilm_l6 / model=roberta_tiny."
     )
-    return ModelConfigError(f"could not load model '{path}': {err.__class__.__name__}: {err}. {hint}")
+    return ModelConfigError(
+        f"could not load model '{path}': {err.__class__.__name__}: {err}. {hint}"
+    )
 
 
 def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
@@ -133,7 +137,9 @@ def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
         raise _hub_error(path, err) from err
 
 
-def build_model(model_cfg: Any, num_labels: int, problem_type: str | None = None) -> PreTrainedModel:
+def build_model(
+    model_cfg: Any, num_labels: int, problem_type: str | None = None
+) -> PreTrainedModel:
     """A fresh `AutoModelForSequenceClassification` with a `num_labels` head."""
     extra: dict[str, Any] = {"num_labels": num_labels}
     if problem_type:

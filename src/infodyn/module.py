@@ -82,7 +82,7 @@ class GlueClassifier(pl.LightningModule):
             [build_metrics(task) for _ in self.eval_split_names]
         )
 
-    # -- forward and steps -------------------------------------------------------------------
+    # -- forward and steps
     def forward(self, batch: Mapping[str, Tensor]) -> Any:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.model(**inputs, labels=batch.get("labels"))
@@ -96,32 +96,49 @@ class GlueClassifier(pl.LightningModule):
                 f"(epoch {self.current_epoch}, batch {batch_idx}). The last good checkpoint is "
                 "kept; lower optim.lr, enable trainer.gradient_clip_val, or use precision=32-true."
             )
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=batch["input_ids"].shape[0])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["input_ids"].shape[0],
+        )
         return loss
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int,
-                        dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         out = self(batch)
         logits = out.logits.squeeze(-1) if self.is_regression else out.logits
         self.val_metrics[dataloader_idx].update(logits.float(), batch["labels"])
         prefix = self._split_prefix(dataloader_idx)
-        self.log(f"{prefix}/loss", out.loss, on_epoch=True, add_dataloader_idx=False,
-                 batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        self.log(
+            f"{prefix}/loss",
+            out.loss,
+            on_epoch=True,
+            add_dataloader_idx=False,
+            batch_size=batch["input_ids"].shape[0],
+            sync_dist=True,
+        )
 
     def on_validation_epoch_end(self) -> None:
         for idx, metrics in enumerate(self.val_metrics):
             prefix = self._split_prefix(idx)
             values = metrics.compute()
             for name, value in values.items():
-                self.log(f"{prefix}/{name}", value.float(), prog_bar=(idx == 0),
-                         add_dataloader_idx=False)
+                self.log(
+                    f"{prefix}/{name}",
+                    value.float(),
+                    prog_bar=(idx == 0),
+                    add_dataloader_idx=False,
+                )
             metrics.reset()
 
     def _split_prefix(self, idx: int) -> str:
         return "val" if idx == 0 else self.eval_split_names[idx]
 
-    # -- optimisation ------------------------------------------------------------------------
+    # -- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.hparams["optim"]
         decay, no_decay = [], []
@@ -139,8 +156,10 @@ class GlueClassifier(pl.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(float(optim.get("warmup_ratio", 0.0)) * total)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 class _Cfg(dict):

@@ -32,9 +32,9 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the input and the fix."""
 
 
-# -- small utilities -------------------------------------------------------------------------
+# -- small utilities
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to `path` via a temp file + rename, so a killed write never leaves half a file."""
+    """Write JSON via a temp file + rename: a killed write never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -96,9 +96,9 @@ def _choice(cfg: DictConfig, group: str, fallback: str) -> str:
     return fallback
 
 
-# -- validation (before any training) --------------------------------------------------------
+# -- validation (before any training)
 def estimator_configs(cfg: DictConfig) -> dict[str, Any]:
-    """`cfg.estimator` as name -> config (the group allows several: estimator=[cosine,gaussian])."""
+    """`cfg.estimator` as name -> config (several allowed: estimator=[cosine,gaussian])."""
     est = cfg.get("estimator") or {}
     if not isinstance(est, Mapping):
         raise ConfigError(
@@ -169,20 +169,42 @@ def validate(cfg: DictConfig) -> None:
     checks = [
         ("seed", cfg.get("seed"), int, lambda v: v >= 0, "a non-negative integer"),
         ("data.batch_size", cfg.data.batch_size, int, lambda v: v >= 1, "an integer >= 1"),
-        ("data.eval_batch_size", cfg.data.eval_batch_size, int, lambda v: v >= 1, "an integer >= 1"),
+        (
+            "data.eval_batch_size",
+            cfg.data.eval_batch_size,
+            int,
+            lambda v: v >= 1,
+            "an integer >= 1",
+        ),
         ("data.max_seq_length", cfg.data.max_seq_length, int, lambda v: v >= 8, "an integer >= 8"),
         ("optim.lr", cfg.optim.lr, float, lambda v: 0 < v < 1, "a float in (0, 1), e.g. 2e-5"),
-        ("optim.warmup_ratio", cfg.optim.warmup_ratio, float, lambda v: 0 <= v < 1,
-         "a float in [0, 1)"),
-        ("stages.finetune_epochs", cfg.stages.finetune_epochs, int, lambda v: v >= 1,
-         "an integer >= 1"),
-        ("stages.recover_epochs", cfg.stages.recover_epochs, int, lambda v: v >= 0,
-         "an integer >= 0"),
+        (
+            "optim.warmup_ratio",
+            cfg.optim.warmup_ratio,
+            float,
+            lambda v: 0 <= v < 1,
+            "a float in [0, 1)",
+        ),
+        (
+            "stages.finetune_epochs",
+            cfg.stages.finetune_epochs,
+            int,
+            lambda v: v >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "stages.recover_epochs",
+            cfg.stages.recover_epochs,
+            int,
+            lambda v: v >= 0,
+            "an integer >= 0",
+        ),
     ]
     for opt in ("train_limit", "eval_limit"):
         if cfg.data.get(opt) is not None:
-            checks.append((f"data.{opt}", cfg.data[opt], int, lambda v: v >= 1,
-                           "null or an integer >= 1"))
+            checks.append(
+                (f"data.{opt}", cfg.data[opt], int, lambda v: v >= 1, "null or an integer >= 1")
+            )
     for key, value, typ, ok, want in checks:
         cast = value
         if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -190,11 +212,13 @@ def validate(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(cast, typ) or not ok(cast):
             raise ConfigError(f"{key}={value!r} is invalid: expected {want}. Fix: {key}=<{want}>.")
     if cfg.finetune.get("name") not in ("full", "lora"):
-        raise ConfigError(f"finetune={cfg.finetune.get('name')!r} is unknown. Fix: finetune=full "
-                          "or finetune=lora.")
+        raise ConfigError(
+            f"finetune={cfg.finetune.get('name')!r} is unknown. Fix: finetune=full "
+            "or finetune=lora."
+        )
 
 
-# -- building blocks -------------------------------------------------------------------------
+# -- building blocks
 def build_datamodule(cfg: DictConfig, tokenizer: Any, model_max_length: int | None) -> Any:
     from infodyn.data import GlueDataModule
 
@@ -245,8 +269,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: Mapping[str, str]) -> l
                 group=str(cfg.logger.group),
                 job_type=str(cfg.logger.job_type),
                 name=names["job_name"],
-                tags=[f"pruner:{names['pruner']}", f"estimator:{names['estimator']}",
-                      f"model:{names['model']}", f"finetune:{cfg.finetune.name}"],
+                tags=[
+                    f"pruner:{names['pruner']}",
+                    f"estimator:{names['estimator']}",
+                    f"model:{names['model']}",
+                    f"finetune:{cfg.finetune.name}",
+                ],
                 mode=str(cfg.logger.mode),
                 save_dir=str(run_dir),
                 config=OmegaConf.to_container(cfg, resolve=True),
@@ -255,8 +283,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: Mapping[str, str]) -> l
     raise ConfigError(f"logger={kind!r} is unknown. Fix: logger=wandb, logger=csv or logger=none.")
 
 
-def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list, loggers: list,
-                  ckpt_dir: Path | None) -> Any:
+def build_trainer(
+    cfg: DictConfig, max_epochs: int, callbacks: list, loggers: list, ckpt_dir: Path | None
+) -> Any:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -265,19 +294,31 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list, loggers: li
     t = cfg.trainer
     cbs = list(callbacks) + progress_callbacks(t.get("enable_progress_bar"))
     if ckpt_dir is not None:
-        cbs.append(ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch}",
-                                   save_last=True, save_top_k=0, every_n_epochs=1,
-                                   auto_insert_metric_name=False))
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                filename="epoch{epoch}",
+                save_last=True,
+                save_top_k=0,
+                every_n_epochs=1,
+                auto_insert_metric_name=False,
+            )
+        )
     kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
-        precision=t.precision, max_epochs=max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=max_epochs,
         gradient_clip_val=t.get("gradient_clip_val"),
         accumulate_grad_batches=int(t.get("accumulate_grad_batches", 1)),
         log_every_n_steps=int(t.get("log_every_n_steps", 10)),
         deterministic=bool(t.get("deterministic", False)),
-        logger=loggers or False, callbacks=cbs,
+        logger=loggers or False,
+        callbacks=cbs,
         enable_checkpointing=ckpt_dir is not None,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         enable_progress_bar=any(type(c).__name__ == "TQDMProgressBar" for c in cbs),
         default_root_dir=str(ckpt_dir.parent if ckpt_dir else "."),
     )
@@ -324,18 +365,23 @@ def reduce_profile(profile: Mapping[str, Any], series: str, how: str) -> torch.T
     epochs = profile.get(series) or []
     if not epochs:
         raise ConfigError(f"no '{series}' values were recorded; the pruner has nothing to rank.")
-    table = torch.tensor([[math.nan if v is None else v for v in row] for row in epochs],
-                         dtype=torch.float64)
+    table = torch.tensor(
+        [[math.nan if v is None else v for v in row] for row in epochs], dtype=torch.float64
+    )
     if how == "last":
         return table[-1]
     if how == "mean":
         return table.nanmean(dim=0)
-    raise ConfigError(f"pruner.reduce={how!r} is unknown. Fix: reduce=last or reduce=mean "
-                      "(or reduce=calibration).")
+    raise ConfigError(
+        f"pruner.reduce={how!r} is unknown. Fix: reduce=last or reduce=mean "
+        "(or reduce=calibration)."
+    )
 
 
 @torch.no_grad()
-def calibration_scores(estimator: Any, model: torch.nn.Module, batches: list[dict]) -> torch.Tensor:
+def calibration_scores(
+    estimator: Any, model: torch.nn.Module, batches: list[dict]
+) -> torch.Tensor:
     """An estimator's scores from eval forwards over calibration batches (no training)."""
     model.eval()
     estimator.reset()
@@ -348,7 +394,7 @@ def calibration_scores(estimator: Any, model: torch.nn.Module, batches: list[dic
     return estimator.compute().double()
 
 
-# -- the job ---------------------------------------------------------------------------------
+# -- the job
 def run(cfg: DictConfig) -> float | None:
     """Run one job; returns the main metric of the last stage (what a sweeper optimises)."""
     start = time.time()
@@ -362,10 +408,16 @@ def run(cfg: DictConfig) -> float | None:
 
     validate(cfg)
     pruner_name, pruner = build_pruner(cfg)
-    needed = getattr(pruner, "estimator", None) if getattr(pruner, "source", "") == "estimator" else None
+    needed = (
+        getattr(pruner, "estimator", None)
+        if getattr(pruner, "source", "") == "estimator"
+        else None
+    )
     estimators = build_estimators(cfg, needed)
     names = {
-        "task": str(cfg.task.name), "model": str(cfg.model.name), "pruner": pruner_name,
+        "task": str(cfg.task.name),
+        "model": str(cfg.model.name),
+        "pruner": pruner_name,
         "estimator": "+".join(sorted(estimator_configs(cfg))) or "none",
         "job_name": _job_name(cfg, run_dir),
     }
@@ -380,13 +432,20 @@ def run(cfg: DictConfig) -> float | None:
 
     loggers = build_loggers(cfg, run_dir, names)
     try:
-        results = _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers,
-                              max_positions)
+        results = _run_stages(
+            cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_positions
+        )
         results.update(
-            task=names["task"], model=names["model"], seed=int(cfg.seed), pruner=pruner_name,
-            estimator=names["estimator"], finetune=str(cfg.finetune.name),
-            sweep=str(cfg.get("sweep_name", "manual")), job_name=names["job_name"],
-            main_metric=str(cfg.task.main_metric), status="complete",
+            task=names["task"],
+            model=names["model"],
+            seed=int(cfg.seed),
+            pruner=pruner_name,
+            estimator=names["estimator"],
+            finetune=str(cfg.finetune.name),
+            sweep=str(cfg.get("sweep_name", "manual")),
+            job_name=names["job_name"],
+            main_metric=str(cfg.task.main_metric),
+            status="complete",
             wall_time_s=round(time.time() - start, 3),
             config_path=str(config_path.relative_to(run_dir)),
         )
@@ -417,8 +476,12 @@ def _main_value(results: Mapping[str, Any]) -> float | None:
 
 
 def _log_summary(lg: Any, results: Mapping[str, Any]) -> None:
-    flat = {f"{stage}/{k}": v for stage, vals in results["metrics"].items()
-            for k, v in vals.items() if isinstance(v, int | float)}
+    flat = {
+        f"{stage}/{k}": v
+        for stage, vals in results["metrics"].items()
+        for k, v in vals.items()
+        if isinstance(v, int | float)
+    }
     try:
         lg.log_metrics(flat)
         if type(lg).__name__ == "WandbLogger":
@@ -456,6 +519,7 @@ def _fit_stage(cfg, run_dir, stage, module, dm, estimators, loggers, epochs):
     ckpt_path = str(last) if last.is_file() and _loadable(last) else None
     if ckpt_path:
         log.info("resuming stage %s from %s", stage, ckpt_path)
+    module.train()  # throughput/eval passes may have left it in eval mode
     trainer.fit(module, train_dataloaders=dm.train_dataloader(), ckpt_path=ckpt_path)
     return trainer, callback
 
@@ -482,14 +546,19 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
     module = build_module(cfg, split_names)
     limit = max_positions(module.model)
     if limit is not None and int(cfg.data.max_seq_length) > limit:
-        raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
-                          f"limit of {limit} tokens. Fix: data.max_seq_length={limit} or less.")
+        raise ConfigError(
+            f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
+            f"limit of {limit} tokens. Fix: data.max_seq_length={limit} or less."
+        )
     layerdrop_p = float(getattr(pruner, "p", 0.0)) if pruner_name == "layerdrop" else 0.0
     num_layers = _num_blocks(module.model)
     k = _resolve_k(pruner, num_layers, pruner_name)
-    results.update(num_layers=num_layers, num_parameters=count_parameters(module.model),
-                   num_layers_before=num_layers,
-                   num_parameters_before=count_parameters(module.model))
+    results.update(
+        num_layers=num_layers,
+        num_parameters=count_parameters(module.model),
+        num_layers_before=num_layers,
+        num_parameters_before=count_parameters(module.model),
+    )
 
     ft = read_json(stages_dir / "finetune.json")
     ft_ckpt = run_dir / "checkpoints" / "finetune" / "last.ckpt"
@@ -501,8 +570,16 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
             from infodyn.pruners.layerdrop import apply_layerdrop
 
             apply_layerdrop(module.model, layerdrop_p, seed=int(cfg.seed))
-        trainer, callback = _fit_stage(cfg, run_dir, "finetune", module, dm, estimators, loggers,
-                                       int(cfg.stages.finetune_epochs))
+        trainer, callback = _fit_stage(
+            cfg,
+            run_dir,
+            "finetune",
+            module,
+            dm,
+            estimators,
+            loggers,
+            int(cfg.stages.finetune_epochs),
+        )
         if layerdrop_p > 0:
             from infodyn.pruners.layerdrop import remove_layerdrop
 
@@ -514,9 +591,14 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
 
     if pruner_name == "none" or k == 0:
         results["metrics"]["final"] = dict(ft["metrics"])
-        results.update(layer_scores=None, pruned_layers=[], num_layers_after=num_layers,
-                       num_parameters_after=results["num_parameters_before"],
-                       throughput=None, profiles=profiles)
+        results.update(
+            layer_scores=None,
+            pruned_layers=[],
+            num_layers_after=num_layers,
+            num_parameters_after=results["num_parameters_before"],
+            throughput=None,
+            profiles=profiles,
+        )
         _export(cfg, run_dir, module, dm)
         return results
 
@@ -525,8 +607,10 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
     if sc is None:
         scores = _scores(cfg, pruner, estimators, profiles, module, dm, k)
         pruned = sorted(int(i) for i in pruner.select(scores, k))
-        sc = {"layer_scores": [None if math.isnan(s) else float(s) for s in scores.tolist()],
-              "pruned_layers": pruned}
+        sc = {
+            "layer_scores": [None if math.isnan(s) else float(s) for s in scores.tolist()],
+            "pruned_layers": pruned,
+        }
         atomic_write_json(stages_dir / "score.json", sc)
     results["layer_scores"], results["pruned_layers"] = sc["layer_scores"], sc["pruned_layers"]
     pruned = list(sc["pruned_layers"])
@@ -542,14 +626,21 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
     _copy_weights(pruned_model, rec_module.model)
     if pr is None:
         device = module.device
-        batches = dm.calibration_batches(int(cfg.data.eval_batch_size) *
-                                         int(cfg.run.get("throughput_batches", 8)))
+        batches = dm.calibration_batches(
+            int(cfg.data.eval_batch_size) * int(cfg.run.get("throughput_batches", 8))
+        )
         before = eval_throughput(full_model, batches, device)
         after = eval_throughput(rec_module.model.to(device), batches, device)
         trainer = build_trainer(cfg, 1, [], loggers, None)
-        pr = {"metrics": evaluate(trainer, rec_module, dm),
-              "throughput": {"before": before, "after": after, "speedup": after / before,
-                             "batches": len(batches)}}
+        pr = {
+            "metrics": evaluate(trainer, rec_module, dm),
+            "throughput": {
+                "before": before,
+                "after": after,
+                "speedup": after / before,
+                "batches": len(batches),
+            },
+        }
         atomic_write_json(stages_dir / "prune.json", pr)
     results["metrics"]["pruned"] = pr["metrics"]
     results["throughput"] = pr["throughput"]
@@ -564,8 +655,9 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
             rec_module = _load_module(rc_ckpt, split_names)
     elif epochs > 0:
         rec_estimators = build_estimators(cfg)
-        trainer, callback = _fit_stage(cfg, run_dir, "recover", rec_module, dm, rec_estimators,
-                                       loggers, epochs)
+        trainer, callback = _fit_stage(
+            cfg, run_dir, "recover", rec_module, dm, rec_estimators, loggers, epochs
+        )
         rc = {"profiles": {k_: v for k_, v in callback.profiles().items() if k_ != "indexing"}}
         atomic_write_json(stages_dir / "recover.json", _finite(rc))
     else:
@@ -578,8 +670,11 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
     results["metrics"]["final"] = evaluate(trainer, rec_module, dm)
     if epochs > 0:
         results["metrics"]["recover"] = dict(results["metrics"]["final"])
-    results.update(num_layers_after=_num_blocks(rec_module.model),
-                   num_parameters_after=count_parameters(rec_module.model), profiles=profiles)
+    results.update(
+        num_layers_after=_num_blocks(rec_module.model),
+        num_parameters_after=count_parameters(rec_module.model),
+        profiles=profiles,
+    )
     _export(cfg, run_dir, rec_module, dm)
     return results
 
@@ -599,8 +694,9 @@ def _num_blocks(model: torch.nn.Module) -> int:
 def _copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"pruned model weights do not match: missing={missing[:5]} "
-                           f"unexpected={unexpected[:5]}")
+        raise RuntimeError(
+            f"pruned model weights do not match: missing={missing[:5]} unexpected={unexpected[:5]}"
+        )
 
 
 def _load_module(path: Path, split_names: list[str]) -> Any:

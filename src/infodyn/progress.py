@@ -1,4 +1,4 @@
-"""Progress reporting: a bar (stage, epoch, ETA) on a terminal, plain line logs elsewhere (clusters)."""
+"""Progress: a bar (stage, epoch, ETA) on a terminal, plain line logs elsewhere (clusters)."""
 
 from __future__ import annotations
 
@@ -34,15 +34,29 @@ class LineProgress(pl.Callback):
             rate = (batch_idx + 1) / max(time.time() - self._t0, 1e-9)
             eta = (total - batch_idx - 1) / rate if total != float("inf") else float("nan")
             loss = trainer.callback_metrics.get("train/loss_step")
-            log.info("[%s] epoch %d/%d batch %d/%s loss %s %.2f it/s, epoch ETA %.0fs",
-                     self._stage, trainer.current_epoch + 1, trainer.max_epochs, batch_idx + 1,
-                     total, f"{float(loss):.4f}" if loss is not None else "-", rate, eta)
+            log.info(
+                "[%s] epoch %d/%d batch %d/%s loss %s %.2f it/s, epoch ETA %.0fs",
+                self._stage,
+                trainer.current_epoch + 1,
+                trainer.max_epochs,
+                batch_idx + 1,
+                total,
+                f"{float(loss):.4f}" if loss is not None else "-",
+                rate,
+                eta,
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         took = time.time() - self._t0
         left = (trainer.max_epochs - trainer.current_epoch - 1) * took
-        log.info("[%s] epoch %d/%d done in %.0fs; stage ETA %.0fs", self._stage,
-                 trainer.current_epoch + 1, trainer.max_epochs, took, left)
+        log.info(
+            "[%s] epoch %d/%d done in %.0fs; stage ETA %.0fs",
+            self._stage,
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            took,
+            left,
+        )
 
 
 class StageProgressBar(TQDMProgressBar):

@@ -17,6 +17,7 @@ modules (found automatically, or name it with `model_attr`) and calls it with `a
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger("infodyn")
 
 INDEXING = (
     "0-based transformer block index b; the value for block b is computed from the pair "
@@ -51,15 +54,25 @@ def find_hf_model(module: nn.Module, attr: str | None = None) -> nn.Module:
 
 
 class ActivationTap:
-    """Captures hidden states (and FFN activations) of training forwards of an HF model."""
+    """Feeds the hidden states (and FFN activations) of an HF model's training forwards onward.
 
-    def __init__(self, hf_model: nn.Module, want_hidden: bool, want_ffn: bool) -> None:
+    Each training forward (module in train mode, tap started) calls `consumer(hidden, ffn, mask)`
+    right after the model's forward, so every micro-batch counts once (gradient accumulation
+    included) and nothing is kept after the call: O(1) batches of memory.
+    """
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        want_hidden: bool,
+        want_ffn: bool,
+        consumer: Callable[[Any, Any, Tensor], None],
+    ) -> None:
         self.hf_model = hf_model
         self.want_hidden, self.want_ffn = want_hidden, want_ffn
+        self.consumer = consumer
         self.active = False
         self.incomplete_ffn_batches = 0
-        self.hidden: tuple[Tensor, ...] | None = None
-        self.mask: Tensor | None = None
         self.ffn: dict[int, Tensor] = {}
         self.num_blocks = 0
         self._handles: list[Any] = []
@@ -74,20 +87,26 @@ class ActivationTap:
                 self._handles.append(proj.register_forward_pre_hook(self._ffn_hook(idx)))
 
     def _on_model(self, module: nn.Module, args: Any, kwargs: dict, output: Any) -> None:
-        if not self.active:
+        if not (self.active and module.training):
+            self.ffn = {}
             return
         mask = kwargs.get("attention_mask")
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if mask is None and input_ids is not None:
             mask = torch.ones(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
-        self.mask = mask.detach() if mask is not None else None
         hs = getattr(output, "hidden_states", None)
-        if self.want_hidden and hs is not None:
-            self.hidden = tuple(h.detach() for h in hs)
+        hidden = tuple(h.detach() for h in hs) if self.want_hidden and hs is not None else None
+        # A block skipped by LayerDrop leaves a hole: such a batch has no complete FFN profile.
+        complete = bool(self.ffn) and len(self.ffn) == self.num_blocks
+        ffn = [self.ffn[i] for i in sorted(self.ffn)] if complete else None
+        self.incomplete_ffn_batches += int(bool(self.ffn) and not complete)
+        self.ffn = {}
+        if mask is not None:
+            self.consumer(hidden, ffn, mask.detach())
 
     def _ffn_hook(self, idx: int) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
-            if self.active:
+            if self.active and module.training:
                 self.ffn[idx] = args[0].detach()
 
         return hook
@@ -101,20 +120,26 @@ class ActivationTap:
         self.active = False
         self.hf_model.config.output_hidden_states = False
 
-    def take(self) -> tuple[tuple[Tensor, ...] | None, list[Tensor] | None, Tensor | None]:
-        hidden, mask = self.hidden, self.mask
-        # A block skipped by LayerDrop leaves a hole: such a batch has no complete FFN profile.
-        complete = self.ffn and len(self.ffn) == self.num_blocks
-        ffn = [self.ffn[i] for i in sorted(self.ffn)] if complete else None
-        self.incomplete_ffn_batches += int(bool(self.ffn) and not complete)
-        self.hidden, self.mask, self.ffn = None, None, {}
-        return hidden, ffn, mask
-
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self.stop()
+
+
+def feed_estimators(estimators: Mapping[str, Any], hidden: Any, ffn: Any, mask: Tensor) -> None:
+    """Hand one training batch's tensors to every estimator that consumes them (on CPU)."""
+    mask = mask.cpu()
+    if hidden is not None:
+        hidden = [h.cpu() for h in hidden] if hidden[0].device.type != "cpu" else hidden
+        for est in estimators.values():
+            if est.input_kind == "hidden_states":
+                est.update(hidden, mask)
+    if ffn is not None:
+        ffn = [a.cpu() for a in ffn] if ffn[0].device.type != "cpu" else ffn
+        for est in estimators.values():
+            if est.input_kind == "ffn_activations":
+                est.update(ffn, mask)
 
 
 class LayerDynamicsCallback(pl.Callback):
@@ -155,7 +180,7 @@ class LayerDynamicsCallback(pl.Callback):
         self.reference_committed: dict[str, bool] = {k: False for k in self.estimators}
         self._tap: ActivationTap | None = None
 
-    # -- wiring --------------------------------------------------------------------------------
+    # -- wiring
     def _kind(self, kind: str) -> dict[str, Any]:
         return {k: e for k, e in self.estimators.items() if e.input_kind == kind}
 
@@ -170,6 +195,7 @@ class LayerDynamicsCallback(pl.Callback):
             hf_model,
             want_hidden=bool(self._kind("hidden_states")),
             want_ffn=bool(self._kind("ffn_activations")),
+            consumer=lambda hidden, ffn, mask: feed_estimators(self.estimators, hidden, ffn, mask),
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -177,29 +203,16 @@ class LayerDynamicsCallback(pl.Callback):
             self._tap.remove()
             self._tap = None
 
-    # -- per batch -----------------------------------------------------------------------------
+    # -- per batch
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._tap is not None:
             self._tap.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._tap is None:
-            return
-        self._tap.stop()
-        hidden, ffn, mask = self._tap.take()
-        if mask is None:
-            return
-        mask = mask.cpu()
-        if hidden is not None:
-            hidden_cpu = [h.cpu() for h in hidden] if hidden[0].device.type != "cpu" else hidden
-            for est in self._kind("hidden_states").values():
-                est.update(hidden_cpu, mask)
-        if ffn is not None:
-            ffn_cpu = [a.cpu() for a in ffn] if ffn[0].device.type != "cpu" else ffn
-            for est in self._kind("ffn_activations").values():
-                est.update(ffn_cpu, mask)
+        if self._tap is not None:
+            self._tap.stop()
 
-    # -- probe passes --------------------------------------------------------------------------
+    # -- probe passes
     def _probe_loader(self, trainer: pl.Trainer, size: int) -> Iterable:
         if self.probe_dataloader is not None:
             return self.probe_dataloader
@@ -242,12 +255,22 @@ class LayerDynamicsCallback(pl.Callback):
             self.estimators[key].commit()
             self.reference_committed[key] = True
 
-    # -- per epoch -----------------------------------------------------------------------------
+    # -- per epoch
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_probe(trainer, pl_module)
         stage_hist = self.history.setdefault(self.stage, {})
         log: dict[str, float] = {}
         for key, est in self.estimators.items():
+            if est.input_kind != "probe" and getattr(est, "_update_count", 1) == 0:
+                # e.g. every batch of the epoch had a LayerDrop hole: record a gap, not a crash
+                log.warning(
+                    "estimator %s saw no batch in %s epoch %d; its values are null.",
+                    key,
+                    self.stage,
+                    trainer.current_epoch + 1,
+                )
+                stage_hist.setdefault(key, {"layers": None})
+                continue
             summary = est.summary()
             entry = stage_hist.setdefault(key, {"layers": None})
             for series, value in summary.items():
@@ -275,9 +298,9 @@ class LayerDynamicsCallback(pl.Callback):
             for name, value in log.items():
                 pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
 
-    # -- results and checkpoints ---------------------------------------------------------------
+    # -- results and checkpoints
     def profiles(self) -> dict[str, Any]:
-        """`results.json`'s `profiles`: {indexing, <stage>: {<estimator>: {layers, <series>...}}}."""
+        """`profiles` for results.json: {indexing, <stage>: {<estimator>: {layers, <series>}}}."""
         return {"indexing": INDEXING, **self.history}
 
     def state_dict(self) -> dict[str, Any]:
@@ -288,10 +311,6 @@ class LayerDynamicsCallback(pl.Callback):
             "estimators": {
                 k: e.state_dict() for k, e in self.estimators.items() if hasattr(e, "state_dict")
             },
-            "estimator_extra": {
-                k: e.extra_state() for k, e in self.estimators.items()
-                if hasattr(e, "extra_state")
-            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -300,9 +319,6 @@ class LayerDynamicsCallback(pl.Callback):
         for key, est_state in state_dict.get("estimators", {}).items():
             if key in self.estimators and hasattr(self.estimators[key], "load_state_dict"):
                 self.estimators[key].load_state_dict(est_state, strict=False)
-        for key, extra in state_dict.get("estimator_extra", {}).items():
-            if key in self.estimators and hasattr(self.estimators[key], "load_extra_state"):
-                self.estimators[key].load_extra_state(extra)
 
 
 def _num(v: Any) -> float | None:

@@ -235,7 +235,9 @@ class CosineRedundancy(Metric):
         return self._series()["redundancy"]
 
     def summary(self) -> dict[str, Tensor | float | int]:
-        """Per-layer ``redundancy``, ``redundancy_std``, ``entropy_rate`` and the counters."""
+        """Per-layer ``redundancy``, ``redundancy_std`` (ddof=1 across batches; NaN if < 2),
+        ``entropy_rate`` and the counters ``num_batches``, ``skipped_batches``, ``eps_guarded``
+        (pairs, summed over blocks and pairings), ``nonfinite_batches``."""
         with self.sync_context():
             out: dict[str, Tensor | float | int] = dict(self._series())
             for key in ("num_batches", "skipped_batches", "eps_guarded", "nonfinite_batches"):
