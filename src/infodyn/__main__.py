@@ -8,6 +8,13 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    if cfg.run.get("dry_run"):
+        # `-m ... run.dry_run=true`: print each job's resolved config, train nothing
+        # (Hydra 1.3 refuses `--cfg job` together with `-m`).
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True), flush=True)
+        return None
     from infodyn.pipeline import run
 
     return run(cfg)

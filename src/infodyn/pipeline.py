@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -30,6 +32,28 @@ STAGES = ("finetune", "score", "prune", "recover", "final")
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the input and the fix."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN/inf; the message names the stage, the step and the kept checkpoint."""
+
+
+# Lightning's accepted `precision` values (trainer/connectors/accelerator_connector.py).
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
+PRECISIONS += ("16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
+# A value used as a directory name (run dirs, W&B names): no separators, no `..`.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.,=+-]+$")
+KILL_ENV = "INFODYN_TEST_KILL_AT"  # tests only: SIGKILL this process at a named point
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "fix your input" (one paragraph, no traceback on the CLI)."""
+    from infodyn.data import DataConfigError
+    from infodyn.layers import LayerListNotFound
+    from infodyn.models import ModelConfigError
+    from infodyn.pruners.base import PrunerConfigError
+
+    return (ConfigError, DataConfigError, ModelConfigError, PrunerConfigError, LayerListNotFound)
 
 
 # -- small utilities
@@ -205,6 +229,37 @@ def validate(cfg: DictConfig) -> None:
             checks.append(
                 (f"data.{opt}", cfg.data[opt], int, lambda v: v >= 1, "null or an integer >= 1")
             )
+    optional = [
+        ("data.calibration_size", cfg.data.get("calibration_size"), int, ">= 1", 1),
+        ("data.num_workers", cfg.data.get("num_workers"), int, ">= 0", 0),
+        ("run.throughput_batches", cfg.run.get("throughput_batches"), int, ">= 1", 1),
+        (
+            "trainer.accumulate_grad_batches",
+            cfg.trainer.get("accumulate_grad_batches"),
+            int,
+            ">= 1",
+            1,
+        ),
+        ("trainer.gradient_clip_val", cfg.trainer.get("gradient_clip_val"), float, ">= 0", 0),
+    ]
+    if cfg.finetune.get("name") == "lora":
+        optional += [
+            ("finetune.r", cfg.finetune.get("r"), int, ">= 1", 1),
+            ("finetune.alpha", cfg.finetune.get("alpha"), float, "> 0", 1e-12),
+            ("finetune.dropout", cfg.finetune.get("dropout"), float, ">= 0 (and < 1)", 0),
+        ]
+    for key, value, typ, text, low in optional:
+        if value is not None:
+            bound = 1 if key == "finetune.dropout" else math.inf
+            checks.append(
+                (
+                    key,
+                    value,
+                    typ,
+                    lambda v, lo=low, hi=bound: lo <= v < hi,
+                    f"a {typ.__name__} {text}",
+                )
+            )
     for key, value, typ, ok, want in checks:
         cast = value
         if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -216,6 +271,52 @@ def validate(cfg: DictConfig) -> None:
             f"finetune={cfg.finetune.get('name')!r} is unknown. Fix: finetune=full "
             "or finetune=lora."
         )
+    precision = str(cfg.trainer.get("precision"))
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision!r} is not a Lightning precision. Fix: "
+            "trainer.precision=32-true (or bf16-mixed, 16-mixed on a GPU)."
+        )
+    if cfg.logger.get("name", "none") not in ("none", "csv", "wandb"):
+        raise ConfigError(
+            f"logger.name={cfg.logger.get('name')!r} is unknown. Fix: logger=wandb, logger=csv "
+            "or logger=none."
+        )
+    reduce = cfg.pruner.get("reduce") if isinstance(cfg.get("pruner"), Mapping) else None
+    if reduce is not None and reduce not in ("last", "mean", "calibration"):
+        raise ConfigError(
+            f"pruner.reduce={reduce!r} is unknown. Fix: pruner.reduce=last, mean or calibration."
+        )
+    for key in ("task.name", "model.name", "sweep_name"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not _SAFE_NAME.match(str(value)) or set(str(value)) == {"."}):
+            raise ConfigError(
+                f"{key}={value!r} is used as a directory name but holds a path separator, '..' "
+                "or other unsafe characters. Fix: letters, digits and _ . , = + - only."
+            )
+
+
+def check_output_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse output paths that climb out of their root through `..` components."""
+    from hydra.core.hydra_config import HydraConfig
+
+    settings = {"run_dir": cfg.get("run_dir")}
+    if not cfg.get("run_dir") and HydraConfig.initialized():
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            settings["hydra.sweep.dir"] = hc.sweep.dir
+            settings["hydra.sweep.subdir"] = hc.sweep.subdir
+        else:
+            settings["hydra.run.dir"] = hc.run.dir
+    for key, value in settings.items():
+        if value is not None and ".." in Path(str(value)).parts:
+            raise ConfigError(
+                f"{key}={value!r} contains a '..' component, so outputs could land outside "
+                f"the run directory. Fix: give {key} (and the config values it is built from) "
+                "without '..', e.g. an absolute path."
+            )
 
 
 # -- building blocks
@@ -294,8 +395,27 @@ def build_trainer(
     t = cfg.trainer
     cbs = list(callbacks) + progress_callbacks(t.get("enable_progress_bar"))
     if ckpt_dir is not None:
+
+        class AtomicCheckpoint(ModelCheckpoint):
+            """`last.ckpt` after every epoch, written to `<name>.tmp` then renamed.
+
+            A kill mid-write never leaves half a checkpoint. (Lightning 2.6 refreshes `last`
+            only when a top-k file was saved in the same step, i.e. never with save_top_k=0.)
+            """
+
+            def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+                if not self._should_skip_saving_checkpoint(trainer):
+                    self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+            def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+                tmp = f"{filepath}.tmp"
+                super()._save_checkpoint(trainer, tmp)
+                if trainer.is_global_zero:
+                    os.replace(tmp, filepath)
+                self._last_checkpoint_saved = filepath
+
         cbs.append(
-            ModelCheckpoint(
+            AtomicCheckpoint(
                 dirpath=str(ckpt_dir),
                 filename="epoch{epoch}",
                 save_last=True,
@@ -396,10 +516,33 @@ def calibration_scores(
 
 # -- the job
 def run(cfg: DictConfig) -> float | None:
-    """Run one job; returns the main metric of the last stage (what a sweeper optimises)."""
+    """Run one job; returns the main metric of the last stage (what a sweeper optimises).
+
+    Bad inputs raise before any training (`user_errors()`); a NaN/inf loss raises
+    `TrainingDivergedError`. Under `python -m infodyn` (a single run) either is printed as one
+    `error: ...` paragraph on stderr and the process exits with 2 (input) or 3 (diverged).
+    """
+    try:
+        return _run(cfg)
+    except (*user_errors(), TrainingDivergedError) as err:
+        if not _single_cli_run():
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(3 if isinstance(err, TrainingDivergedError) else 2) from err
+
+
+def _single_cli_run() -> bool:
+    """True inside `python -m infodyn` without `-m` (a multirun keeps Hydra's per-job report)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+
+
+def _run(cfg: DictConfig) -> float | None:
     start = time.time()
     run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(cfg, run_dir)
     results_path = run_dir / "results.json"
     done = read_json(results_path)
     if done and done.get("status") == "complete" and cfg.run.get("skip_if_complete", True):
@@ -422,18 +565,25 @@ def run(cfg: DictConfig) -> float | None:
         "job_name": _job_name(cfg, run_dir),
     }
 
-    from infodyn.models import build_tokenizer, max_positions
+    from infodyn.models import build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, None)
     dm.validate()  # data files, columns, labels: before the model is even built
+    module = build_module(cfg, list(dm.eval_split_names))
+    k = preflight(cfg, module, tokenizer, pruner, pruner_name)
+
+    # Only now does the job write anything: a failed check leaves no outputs behind.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if results_path.exists():  # stale (failed, or complete with skip_if_complete=false)
+        results_path.unlink()
     config_path = run_dir / "config_resolved.yaml"
     OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
 
     loggers = build_loggers(cfg, run_dir, names)
     try:
         results = _run_stages(
-            cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_positions
+            cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, module, k
         )
         results.update(
             task=names["task"],
@@ -457,6 +607,38 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         for lg in loggers:
             _close_logger(lg)
+
+
+def preflight(cfg: DictConfig, module: Any, tokenizer: Any, pruner: Any, pruner_name: str) -> int:
+    """Checks that need the built model (vocab, positions, k, protect); returns k."""
+    from infodyn.models import max_positions
+    from infodyn.pruners.base import PrunerConfigError, check_protect
+
+    embeddings = _hf(module.model).get_input_embeddings()
+    vocab = int(embeddings.num_embeddings)
+    if len(tokenizer) > vocab:
+        raise ConfigError(
+            f"the tokenizer of model={cfg.model.name} has {len(tokenizer)} ids but the model's "
+            f"embedding table has {vocab} rows (model.config.vocab_size), so ids >= {vocab} "
+            "would crash the forward. Fix: set the model's vocab_size to at least "
+            f"{len(tokenizer)}, or pair the model with its own tokenizer."
+        )
+    limit = max_positions(_hf(module.model))
+    if limit is not None and int(cfg.data.max_seq_length) > limit:
+        raise ConfigError(
+            f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
+            f"limit of {limit} tokens. Fix: data.max_seq_length={limit} or less."
+        )
+    num_layers = _num_blocks(module.model)
+    k = _resolve_k(pruner, num_layers, pruner_name)
+    protect = check_protect(getattr(pruner, "protect", None) or (), num_layers)
+    if k > num_layers - len(protect):
+        raise PrunerConfigError(
+            f"pruner.protect={sorted(protect)} leaves {num_layers - len(protect)} of "
+            f"{num_layers} blocks removable but pruner.k={k}. Fix: protect fewer blocks or "
+            f"lower pruner.k to {num_layers - len(protect)} or less."
+        )
+    return k
 
 
 def _job_name(cfg: DictConfig, run_dir: Path) -> str:
@@ -502,38 +684,131 @@ def _close_logger(lg: Any) -> None:
 
 
 def _fit_stage(cfg, run_dir, stage, module, dm, estimators, loggers, epochs):
-    """Train `module` for `epochs` (resuming a half-done stage); returns the callback."""
+    """Train `module` for `epochs` (resuming a half-done stage); returns the callback.
+
+    Randomness is a function of (seed, stage, epoch) only: the global RNGs are re-seeded and
+    the data order is drawn afresh at every epoch start, so a stage resumed from its epoch-e
+    checkpoint continues exactly as the uninterrupted run does.
+    """
     import pytorch_lightning as pl
 
     from infodyn.estimators.callback import LayerDynamicsCallback
 
-    pl.seed_everything(int(cfg.seed) + STAGES.index(stage), workers=True)
+    seed = int(cfg.seed) * 100 + STAGES.index(stage)
+    pl.seed_everything(seed % 2**32, workers=True, verbose=False)
     ckpt_dir = run_dir / "checkpoints" / stage
     probe = None
     probes = [e for e in estimators.values() if e.input_kind == "probe"]
     if probes:
         probe = dm.probe_dataloader(max(int(e.probe_size) for e in probes))
     callback = LayerDynamicsCallback(estimators, stage=stage, probe_dataloader=probe)
-    trainer = build_trainer(cfg, epochs, [callback], loggers, ckpt_dir)
-    last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if last.is_file() and _loadable(last) else None
+    extra = [callback, _epoch_seed_callback(seed)] + _test_kill_callbacks(stage)
+    trainer = build_trainer(cfg, epochs, extra, loggers, ckpt_dir)
+    ckpt_path = usable_checkpoint(ckpt_dir / "last.ckpt")
     if ckpt_path:
         log.info("resuming stage %s from %s", stage, ckpt_path)
     module.train()  # throughput/eval passes may have left it in eval mode
-    trainer.fit(module, train_dataloaders=dm.train_dataloader(), ckpt_path=ckpt_path)
+    loader = _epoch_ordered(dm.train_dataloader(), seed, trainer)
+    try:
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    except FloatingPointError as err:
+        kept = ckpt_dir / "last.ckpt"
+        where = f"the last good checkpoint is {kept}" if kept.is_file() else "no epoch finished"
+        raise TrainingDivergedError(
+            f"stage {stage} diverged: {err} ({where}; a rerun resumes from it.)"
+        ) from err
     return trainer, callback
 
 
-def _loadable(path: Path) -> bool:
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1000 + epoch) % 2**32
+
+
+def _epoch_seed_callback(seed: int) -> Any:
+    """Re-seeds Python, NumPy and torch at every epoch start from (stage seed, epoch)."""
+    import pytorch_lightning as pl
+
+    class EpochSeed(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            pl.seed_everything(_epoch_seed(seed, trainer.current_epoch), verbose=False)
+
+    return EpochSeed()
+
+
+def _epoch_ordered(loader: Any, seed: int, trainer: Any) -> Any:
+    """`loader` with its shuffle drawn from (seed, epoch), not from a generator's history.
+
+    A resumed run builds a fresh loader; with a stateful generator its epoch e would replay
+    epoch 0's order. Lightning iterates (and prefetches) before `on_train_epoch_start`, so the
+    sampler asks the trainer for the epoch itself.
+    """
+    from torch.utils.data import DataLoader, Sampler
+
+    class EpochShuffle(Sampler[int]):
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __iter__(self):
+            gen = torch.Generator().manual_seed(_epoch_seed(seed, int(trainer.current_epoch)))
+            return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=EpochShuffle(len(loader.dataset)),
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        persistent_workers=loader.persistent_workers,
+        drop_last=loader.drop_last,
+    )
+
+
+def _test_kill_callbacks(stage: str) -> list:
+    """Tests only: `INFODYN_TEST_KILL_AT=<stage>:<epoch>:<batch>` SIGKILLs this process there."""
+    spec = os.environ.get(KILL_ENV, "")
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[0] != stage:
+        return []
+    import pytorch_lightning as pl
+
+    epoch, batch = int(parts[1]), int(parts[2])
+
+    class Kill(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, b, batch_idx) -> None:
+            if trainer.current_epoch == epoch and batch_idx == batch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return [Kill()]
+
+
+def _test_kill_point(name: str) -> None:
+    """Tests only: `INFODYN_TEST_KILL_AT=after:<stage>` SIGKILLs this process between stages."""
+    if os.environ.get(KILL_ENV) == f"after:{name}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def usable_checkpoint(path: Path) -> str | None:
+    """`path` if it holds a readable checkpoint; a corrupt one is reported by name and removed."""
+    if not path.is_file():
+        return None
     try:
-        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return True
-    except Exception as err:  # noqa: BLE001
-        log.warning("checkpoint %s is unreadable (%s); that stage restarts.", path, err)
-        return False
+        torch.load(path, map_location="cpu", weights_only=True)
+        return str(path)
+    except Exception as err:  # noqa: BLE001 - any failure means "redo", never a deep traceback
+        log.warning(
+            "checkpoint %s is truncated or corrupt (%s); it is removed and that stage is redone.",
+            path,
+            " ".join(str(err).split())[:200],
+        )
+        path.unlink(missing_ok=True)
+        return None
 
 
-def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_positions):
+def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, module, k):
+    """The stages after `preflight`; `module` is the freshly built (untrained) model."""
     import copy
 
     dm.setup("fit")
@@ -543,16 +818,8 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
     profiles: dict[str, Any] = {}
 
     # finetune ---------------------------------------------------------------------------------
-    module = build_module(cfg, split_names)
-    limit = max_positions(module.model)
-    if limit is not None and int(cfg.data.max_seq_length) > limit:
-        raise ConfigError(
-            f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
-            f"limit of {limit} tokens. Fix: data.max_seq_length={limit} or less."
-        )
     layerdrop_p = float(getattr(pruner, "p", 0.0)) if pruner_name == "layerdrop" else 0.0
     num_layers = _num_blocks(module.model)
-    k = _resolve_k(pruner, num_layers, pruner_name)
     results.update(
         num_layers=num_layers,
         num_parameters=count_parameters(module.model),
@@ -562,7 +829,7 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
 
     ft = read_json(stages_dir / "finetune.json")
     ft_ckpt = run_dir / "checkpoints" / "finetune" / "last.ckpt"
-    if ft and ft_ckpt.is_file():
+    if ft and usable_checkpoint(ft_ckpt):
         module = _load_module(ft_ckpt, split_names)
         trainer = build_trainer(cfg, 1, [], loggers, None)
     else:
@@ -586,6 +853,7 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
             remove_layerdrop(module.model)
         ft = {"metrics": evaluate(trainer, module, dm), "profiles": callback.profiles()}
         atomic_write_json(stages_dir / "finetune.json", _finite(ft))
+        _test_kill_point("finetune")
     results["metrics"]["finetune"] = ft["metrics"]
     profiles.update(ft["profiles"])
 
@@ -650,8 +918,8 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, max_
     rc = read_json(stages_dir / "recover.json")
     rc_ckpt = run_dir / "checkpoints" / "recover" / "last.ckpt"
     epochs = int(cfg.stages.recover_epochs)
-    if rc and (rc_ckpt.is_file() or epochs == 0):
-        if rc_ckpt.is_file():
+    if rc and (epochs == 0 or usable_checkpoint(rc_ckpt)):
+        if epochs > 0:
             rec_module = _load_module(rc_ckpt, split_names)
     elif epochs > 0:
         rec_estimators = build_estimators(cfg)
@@ -702,7 +970,7 @@ def _copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
 def _load_module(path: Path, split_names: list[str]) -> Any:
     from infodyn.module import GlueClassifier
 
-    return GlueClassifier.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+    return GlueClassifier.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
 
 
 def _resolve_k(pruner: Any, num_layers: int, name: str) -> int:

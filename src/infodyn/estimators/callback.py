@@ -72,6 +72,9 @@ class ActivationTap:
         self.want_hidden, self.want_ffn = want_hidden, want_ffn
         self.consumer = consumer
         self.active = False
+        self._user_output_hidden_states = bool(
+            getattr(hf_model.config, "output_hidden_states", False)
+        )
         self.incomplete_ffn_batches = 0
         self.ffn: dict[int, Tensor] = {}
         self.num_blocks = 0
@@ -118,7 +121,8 @@ class ActivationTap:
 
     def stop(self) -> None:
         self.active = False
-        self.hf_model.config.output_hidden_states = False
+        # Restore the user's setting rather than forcing False (eval code may rely on it).
+        self.hf_model.config.output_hidden_states = self._user_output_hidden_states
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -140,6 +144,81 @@ def feed_estimators(estimators: Mapping[str, Any], hidden: Any, ffn: Any, mask: 
         for est in estimators.values():
             if est.input_kind == "ffn_activations":
                 est.update(ffn, mask)
+
+
+@torch.no_grad()
+def run_probe(
+    hf_model: nn.Module, loader: Iterable, probes: Mapping[str, Any], device: Any
+) -> None:
+    """One probe pass: the HF model in eval mode over `loader`, hidden states to every probe."""
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        for batch in loader:
+            batch = {
+                k: v.to(device)
+                for k, v in batch.items()
+                if k not in ("labels", "label") and isinstance(v, Tensor)
+            }
+            out = hf_model(**batch, output_hidden_states=True)
+            hidden = [h.float().cpu() for h in out.hidden_states]
+            mask = batch.get("attention_mask")
+            mask = torch.ones(hidden[0].shape[:2], dtype=torch.long) if mask is None else mask
+            for est in probes.values():
+                est.update(hidden, mask.cpu())
+    finally:
+        hf_model.train(was_training)
+
+
+def record_epoch(
+    stage_hist: dict[str, dict[str, Any]],
+    estimators: Mapping[str, Any],
+    incomplete_ffn_batches: int = 0,
+    where: str = "",
+) -> dict[str, float]:
+    """Append this epoch's `summary()` of every estimator to `stage_hist`, then commit/reset.
+
+    Args:
+        stage_hist: estimator key -> {"layers": [...], <series>: [per-epoch values]} (mutated).
+        estimators: name -> estimator; probe estimators must already hold this epoch's pass.
+        incomplete_ffn_batches: batches whose FFN profile had a LayerDrop hole this epoch.
+        where: label for the warning, e.g. "finetune epoch 2".
+
+    Returns:
+        The per-layer primary values to log, `{"<name>/layer_03": value}` (finite ones only).
+    """
+    metrics: dict[str, float] = {}
+    for key, est in estimators.items():
+        if est.input_kind != "probe" and getattr(est, "_update_count", 1) == 0:
+            # e.g. every batch of the epoch had a LayerDrop hole: record a gap, not a crash
+            log.warning("estimator %s saw no batch in %s; its values are null.", key, where)
+            entry = stage_hist.setdefault(key, {"layers": None})
+            for series, values in entry.items():  # keep one entry per epoch in every series
+                if series != "layers":
+                    values.append(None)
+            continue
+        summary = est.summary()
+        entry = stage_hist.setdefault(key, {"layers": None})
+        for series, value in summary.items():
+            if isinstance(value, Tensor) and value.ndim == 1:
+                values = [_num(v) for v in value.tolist()]
+                entry.setdefault(series, []).append(values)
+                if entry["layers"] is None:
+                    entry["layers"] = list(range(len(values)))
+                if series == est.name:
+                    for idx, v in enumerate(values):
+                        if v is not None:
+                            metrics[f"{est.name}/layer_{idx:02d}"] = v
+            else:
+                scalar = value.item() if isinstance(value, Tensor) else value
+                entry.setdefault(series, []).append(_num(scalar))
+        if est.input_kind == "ffn_activations":
+            # batches where LayerDrop skipped a block: not counted by the estimator
+            entry.setdefault("incomplete_batches", []).append(int(incomplete_ffn_batches))
+        if est.input_kind == "probe":
+            est.commit()
+        est.reset()
+    return metrics
 
 
 class LayerDynamicsCallback(pl.Callback):
@@ -225,25 +304,13 @@ class LayerDynamicsCallback(pl.Callback):
             )
         return dm.probe_dataloader(size)
 
-    @torch.no_grad()
     def _run_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         probes = self._kind("probe")
         if not probes:
             return
-        hf_model = find_hf_model(pl_module, self.model_attr)
-        was_training = hf_model.training
-        hf_model.eval()
         size = max(int(getattr(e, "probe_size", 512)) for e in probes.values())
-        try:
-            for batch in self._probe_loader(trainer, size):
-                batch = {k: v.to(pl_module.device) for k, v in batch.items() if k != "labels"}
-                out = hf_model(**batch, output_hidden_states=True)
-                hidden = [h.float().cpu() for h in out.hidden_states]
-                mask = batch["attention_mask"].cpu()
-                for est in probes.values():
-                    est.update(hidden, mask)
-        finally:
-            hf_model.train(was_training)
+        hf_model = find_hf_model(pl_module, self.model_attr)
+        run_probe(hf_model, self._probe_loader(trainer, size), probes, pl_module.device)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pending = [k for k, e in self._kind("probe").items() if not self.reference_committed[k]]
@@ -258,45 +325,17 @@ class LayerDynamicsCallback(pl.Callback):
     # -- per epoch
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_probe(trainer, pl_module)
-        stage_hist = self.history.setdefault(self.stage, {})
-        log: dict[str, float] = {}
-        for key, est in self.estimators.items():
-            if est.input_kind != "probe" and getattr(est, "_update_count", 1) == 0:
-                # e.g. every batch of the epoch had a LayerDrop hole: record a gap, not a crash
-                log.warning(
-                    "estimator %s saw no batch in %s epoch %d; its values are null.",
-                    key,
-                    self.stage,
-                    trainer.current_epoch + 1,
-                )
-                stage_hist.setdefault(key, {"layers": None})
-                continue
-            summary = est.summary()
-            entry = stage_hist.setdefault(key, {"layers": None})
-            for series, value in summary.items():
-                if isinstance(value, Tensor) and value.ndim == 1:
-                    values = [_num(v) for v in value.tolist()]
-                    entry.setdefault(series, []).append(values)
-                    if entry["layers"] is None:
-                        entry["layers"] = list(range(len(values)))
-                    if series == est.name:
-                        for idx, v in enumerate(values):
-                            if v is not None:
-                                log[f"{est.name}/layer_{idx:02d}"] = v
-                else:
-                    scalar = value.item() if isinstance(value, Tensor) else value
-                    entry.setdefault(series, []).append(_num(scalar))
-            if est.input_kind == "ffn_activations" and self._tap is not None:
-                # batches where LayerDrop skipped a block: not counted by the estimator
-                entry.setdefault("incomplete_batches", []).append(self._tap.incomplete_ffn_batches)
-            if est.input_kind == "probe":
-                est.commit()
-            est.reset()
+        metrics = record_epoch(
+            self.history.setdefault(self.stage, {}),
+            self.estimators,
+            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
+            where=f"{self.stage} epoch {trainer.current_epoch + 1}",
+        )
         if self._tap is not None:
             self._tap.incomplete_ffn_batches = 0
-        if log:
-            for name, value in log.items():
-                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        for name, value in metrics.items():
+            # already reduced across ranks by summary()'s sync: no second sync
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
 
     # -- results and checkpoints
     def profiles(self) -> dict[str, Any]:
