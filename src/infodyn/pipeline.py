@@ -61,11 +61,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON via a temp file + rename: a killed write never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, allow_nan=False, default=_json_default)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, allow_nan=False, default=_json_default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json_default(obj: Any) -> Any:
@@ -162,7 +165,16 @@ def build_estimators(cfg: DictConfig, needed: str | None = None) -> dict[str, An
         try:
             out[name] = instantiate(sub)
         except Exception as err:  # noqa: BLE001 - re-raised with the input named
-            raise ConfigError(f"estimator.{name} could not be built: {_root_cause(err)}") from err
+            cause = _root_cause(err)
+            hint = (
+                ""
+                if "Fix" in cause
+                else (
+                    f" Fix: correct estimator.{name}.* (defaults and ranges in "
+                    f"conf/estimator/{name}.yaml)."
+                )
+            )
+            raise ConfigError(f"estimator.{name} could not be built: {cause}{hint}") from err
     return out
 
 
@@ -170,6 +182,14 @@ def _root_cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return f"{type(err).__name__}: {err}"
+
+
+def _stem_of(target: str, group: str = "pruner") -> str:
+    """The conf/<group> entry whose `_target_` is `target` (the public name), else the class."""
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        if OmegaConf.load(path).get("_target_") == target:
+            return path.stem
+    return target.rpartition(".")[2]
 
 
 def build_pruner(cfg: DictConfig) -> tuple[str, Any]:
@@ -181,7 +201,7 @@ def build_pruner(cfg: DictConfig) -> tuple[str, Any]:
         raise ConfigError(
             f"pruner has no _target_. Fix: choose one of {_options('pruner')}, e.g. pruner=none."
         )
-    name = str(pcfg.pop("name", None) or _choice(cfg, "pruner", pcfg["_target_"]))
+    name = str(pcfg.pop("name", None) or _choice(cfg, "pruner", _stem_of(pcfg["_target_"])))
     try:
         return name, instantiate(pcfg)
     except Exception as err:  # noqa: BLE001
@@ -725,12 +745,17 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _epoch_seed_callback(seed: int) -> Any:
-    """Re-seeds Python, NumPy and torch at every epoch start from (stage seed, epoch)."""
+    """Re-seeds Python, NumPy and torch before each epoch's first batch from (seed, epoch).
+
+    (Not in `on_train_epoch_start`: Lightning skips that hook for the first epoch after a
+    resume from an epoch-end checkpoint.)
+    """
     import pytorch_lightning as pl
 
     class EpochSeed(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            pl.seed_everything(_epoch_seed(seed, trainer.current_epoch), verbose=False)
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 0:
+                pl.seed_everything(_epoch_seed(seed, trainer.current_epoch), verbose=False)
 
     return EpochSeed()
 

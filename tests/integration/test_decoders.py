@@ -113,7 +113,8 @@ def tap_forward(model, estimators: dict, batch: dict) -> ActivationTap:
 def test_yaml_entry_matches_char_tokenizer(arch):
     cfg = from_yaml(arch)
     model, tok = build_model(cfg, num_labels=3), build_tokenizer(cfg)
-    assert type(model).__name__ == f"{'GPT2' if arch == 'gpt2' else 'Llama'}ForSequenceClassification"
+    family = "GPT2" if arch == "gpt2" else "Llama"
+    assert type(model).__name__ == f"{family}ForSequenceClassification"
     assert model.config.vocab_size == len(tok) == 99
     assert model.config.pad_token_id == tok.pad_token_id == PAD
     assert num_blocks(model) == cfg.config.get("num_hidden_layers", cfg.config.get("n_layer"))
@@ -183,8 +184,8 @@ def test_gaussian_probe_passes_give_finite_scores(arch):
     def probe_pass():
         with torch.no_grad():
             for batch in probe:
-                est.update(model(**batch, output_hidden_states=True).hidden_states,
-                           batch["attention_mask"])  # fmt: skip
+                hidden = model(**batch, output_hidden_states=True).hidden_states
+                est.update(hidden, batch["attention_mask"])
 
     probe_pass()
     est.commit()
@@ -221,7 +222,9 @@ def examples(side: str, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
     labels = torch.randint(0, 2, (n,), generator=g)
     return [
         {"input_ids": ids, "attention_mask": mask, "labels": label}
-        for ids, mask, label in zip(batch["input_ids"], batch["attention_mask"], labels, strict=True)
+        for ids, mask, label in zip(
+            batch["input_ids"], batch["attention_mask"], labels, strict=True
+        )
     ]
 
 
@@ -233,8 +236,8 @@ def fit(model, side: str, stage: str, epochs: int = 2, batch_size: int = 4, num_
         "gaussian": GaussianEntropyRate(probe_size=8, k=2, pooling="last"),
     }
     train = examples(side, num_train, seed=10)
-    probe = DataLoader([{k: v for k, v in ex.items() if k != "labels"}
-                        for ex in examples(side, 8, seed=11)], batch_size=4)  # fmt: skip
+    unlabeled = [{k: v for k, v in ex.items() if k != "labels"} for ex in examples(side, 8, 11)]
+    probe = DataLoader(unlabeled, batch_size=4)
     callback = LayerDynamicsCallback(estimators, stage=stage, probe_dataloader=probe)
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[callback],

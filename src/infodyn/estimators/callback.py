@@ -53,6 +53,18 @@ def find_hf_model(module: nn.Module, attr: str | None = None) -> nn.Module:
     )
 
 
+def _called_module(root: nn.Module, hf_model: nn.Module) -> nn.Module:
+    """The module whose `__call__` runs `hf_model` inside `root`: peft's tuner calls
+    `self.model.forward(...)` directly, which bypasses hooks on the HF model itself, so the
+    tuner (which returns the HF output unchanged) is hooked instead."""
+    for name, module in root.named_modules():
+        if module is hf_model and "." in name:
+            parent = root.get_submodule(name.rpartition(".")[0])
+            if hasattr(parent, "peft_config") and getattr(parent, "model", None) is hf_model:
+                return parent
+    return hf_model
+
+
 class ActivationTap:
     """Feeds the hidden states (and FFN activations) of an HF model's training forwards onward.
 
@@ -67,6 +79,7 @@ class ActivationTap:
         want_hidden: bool,
         want_ffn: bool,
         consumer: Callable[[Any, Any, Tensor], None],
+        root: nn.Module | None = None,
     ) -> None:
         self.hf_model = hf_model
         self.want_hidden, self.want_ffn = want_hidden, want_ffn
@@ -79,7 +92,11 @@ class ActivationTap:
         self.ffn: dict[int, Tensor] = {}
         self.num_blocks = 0
         self._handles: list[Any] = []
-        self._handles.append(hf_model.register_forward_hook(self._on_model, with_kwargs=True))
+        target = _called_module(root, hf_model) if root is not None else hf_model
+        self._handles.append(target.register_forward_hook(self._on_model, with_kwargs=True))
+        self._handles.append(
+            target.register_forward_pre_hook(self._request_hidden, with_kwargs=True)
+        )
         if want_ffn:
             from infodyn.layers import ffn_output_projection, find_layer_list
 
@@ -107,6 +124,13 @@ class ActivationTap:
         if mask is not None:
             self.consumer(hidden, ffn, mask.detach())
 
+    def _request_hidden(self, module: nn.Module, args: Any, kwargs: dict) -> Any:
+        # Per call as well as via the config: peft passes the flag explicitly (None), which
+        # overrides config.output_hidden_states.
+        if self.active and self.want_hidden and module.training:
+            return args, {**kwargs, "output_hidden_states": True}
+        return None
+
     def _ffn_hook(self, idx: int) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
             if self.active and module.training:
@@ -132,15 +156,17 @@ class ActivationTap:
 
 
 def feed_estimators(estimators: Mapping[str, Any], hidden: Any, ffn: Any, mask: Tensor) -> None:
-    """Hand one training batch's tensors to every estimator that consumes them (on CPU)."""
-    mask = mask.cpu()
+    """Hand one training batch's tensors to every estimator that consumes them.
+
+    The tensors stay on the model's device: the estimators reduce them there (pooling, sums of
+    |a|) and move only the O(L * D) result to their CPU state, instead of copying every
+    `[B, T, D]` state to the host each step.
+    """
     if hidden is not None:
-        hidden = [h.cpu() for h in hidden] if hidden[0].device.type != "cpu" else hidden
         for est in estimators.values():
             if est.input_kind == "hidden_states":
                 est.update(hidden, mask)
     if ffn is not None:
-        ffn = [a.cpu() for a in ffn] if ffn[0].device.type != "cpu" else ffn
         for est in estimators.values():
             if est.input_kind == "ffn_activations":
                 est.update(ffn, mask)
@@ -275,6 +301,7 @@ class LayerDynamicsCallback(pl.Callback):
             want_hidden=bool(self._kind("hidden_states")),
             want_ffn=bool(self._kind("ffn_activations")),
             consumer=lambda hidden, ffn, mask: feed_estimators(self.estimators, hidden, ffn, mask),
+            root=pl_module,
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -1,0 +1,133 @@
+"""The whole pipeline on `roberta_tiny` with GLUE-layout files: every stage, every pruner."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONF_DIR
+from infodyn.pipeline import run
+
+RESULT_KEYS = {
+    "task", "model", "seed", "pruner", "metrics", "num_layers", "num_parameters",
+    "wall_time_s", "config_path", "layer_scores", "pruned_layers", "num_layers_before",
+    "num_layers_after", "num_parameters_before", "num_parameters_after", "throughput",
+    "profiles", "status", "main_metric",
+}
+PRUNERS = sorted(p.stem for p in (CONF_DIR / "pruner").glob("*.yaml"))
+
+
+def results(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+@pytest.mark.parametrize(("task", "metrics"), [
+    ("sst2", {"accuracy"}), ("stsb", {"pearson", "spearman"}), ("mrpc", {"f1", "accuracy"}),
+])
+def test_fast_dev_run_classification_and_regression(tiny_cfg, task, metrics) -> None:
+    cfg = tiny_cfg(f"task={task}", "pruner=none", "trainer.fast_dev_run=true")
+    value = run(cfg)
+    res = results(cfg.run_dir)
+    assert RESULT_KEYS <= set(res)
+    assert res["status"] == "complete" and res["task"] == task and res["seed"] == 0
+    assert metrics <= set(res["metrics"]["finetune"])
+    assert all(math.isfinite(v) for v in res["metrics"]["finetune"].values())
+    assert value == res["metrics"]["final"][res["main_metric"]]
+    assert (Path(cfg.run_dir) / res["config_path"]).is_file()
+    prof = res["profiles"]["finetune"]["cosine"]
+    assert len(prof["redundancy"]) == 2 and len(prof["redundancy"][0]) == 4  # 2 epochs x 4 blocks
+    assert all(0.0 <= r <= 0.5 for r in prof["redundancy"][-1])
+    assert "0-based" in res["profiles"]["indexing"]
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_every_pruner_runs_all_stages(tiny_cfg, pruner) -> None:
+    extra = ["pruner.k=2"] if pruner != "none" else []
+    cfg = tiny_cfg("task=mrpc", f"pruner={pruner}", *extra)
+    run(cfg)
+    res = results(cfg.run_dir)
+    assert RESULT_KEYS <= set(res) and res["pruner"] == pruner
+    if pruner == "none":
+        assert res["pruned_layers"] == [] and res["num_layers_after"] == 4
+        assert res["metrics"]["final"] == res["metrics"]["finetune"]
+        return
+    assert set(res["metrics"]) == {"finetune", "pruned", "recover", "final"}
+    assert len(res["pruned_layers"]) == 2 and res["pruned_layers"] == sorted(res["pruned_layers"])
+    assert all(0 <= i < 4 for i in res["pruned_layers"])
+    assert res["num_layers_before"] == 4 and res["num_layers_after"] == 2
+    assert res["num_parameters_after"] < res["num_parameters_before"]
+    assert len(res["layer_scores"]) == 4
+    assert res["throughput"]["before"] > 0 and res["throughput"]["after"] > 0
+    assert len(res["profiles"]["recover"]["cosine"]["redundancy"][0]) == 2  # pruned model's blocks
+    if pruner == "redundancy":  # the k highest scores of the last fine-tuning epoch go
+        last = res["profiles"]["finetune"]["cosine"]["redundancy"][-1]
+        top = sorted(range(4), key=lambda i: -last[i])[:2]
+        assert res["pruned_layers"] == sorted(top)
+        assert res["layer_scores"] == pytest.approx(last)
+    # the exported model loads with plain transformers and has the pruned depth
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(cfg.run_dir) / "model"
+    assert (model_dir / "model.safetensors").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.num_hidden_layers == 2
+    with torch.no_grad():
+        logits = model(**tok(["a test", "another"], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+
+
+def test_same_command_twice_gives_same_results(tiny_cfg, tmp_path) -> None:
+    outs = []
+    for i in range(2):
+        cfg = tiny_cfg("task=rte", "pruner=slimllm", "pruner.k=1", f"run_dir={tmp_path / str(i)}")
+        run(cfg)
+        outs.append(results(cfg.run_dir))
+    a, b = outs
+    assert a["pruned_layers"] == b["pruned_layers"]
+    assert a["metrics"] == b["metrics"]
+    assert a["profiles"] == b["profiles"]
+
+
+def test_complete_job_is_skipped(tiny_cfg) -> None:
+    cfg = tiny_cfg("task=sst2", "pruner=none", "trainer.fast_dev_run=true")
+    first = run(cfg)
+    path = Path(cfg.run_dir) / "results.json"
+    stamp = path.stat().st_mtime_ns
+    assert run(cfg) == first
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_lora_tracks_profiles_too(tiny_cfg) -> None:
+    cfg = tiny_cfg("task=sst2", "finetune=lora", "pruner=redundancy", "pruner.k=1")
+    run(cfg)
+    res = results(cfg.run_dir)
+    assert res["finetune"] == "lora"
+    assert len(res["profiles"]["finetune"]["cosine"]["redundancy"][0]) == 4
+    assert len(res["profiles"]["finetune"]["knowledge_entropy"]["knowledge_entropy"]) == 2
+    assert res["num_layers_after"] == 3
+
+
+def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "GLUE_DIR": str(glue_dir),
+           "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "infodyn", "task=cola", "model=roberta_tiny", "trainer=cpu",
+         "logger=csv", "pruner=last_k", "pruner.k=1", "data.batch_size=4",
+         "stages.finetune_epochs=1", "stages.recover_epochs=1", "run.throughput_batches=1"],
+        capture_output=True, text=True, cwd=CONF_DIR.parent, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "outputs/runs/cola/roberta_tiny/last_k/seed=0"
+    res = results(run_dir)
+    assert res["pruned_layers"] == [3]
+    assert {"matthews", "accuracy"} <= set(res["metrics"]["final"])
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()

@@ -1,0 +1,112 @@
+"""SIGKILL a run mid-finetune, between stages and mid-recovery; the rerun ends where an
+uninterrupted run with the same seed ends (metrics, pruned layers, scores, profiles).
+
+The kill comes from `INFODYN_TEST_KILL_AT` (pipeline.KILL_ENV): `<stage>:<epoch>:<batch>` kills
+at that training batch (after the epoch before it checkpointed), `after:<stage>` right after the
+stage's json is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infodyn.pipeline import KILL_ENV
+
+pytestmark = pytest.mark.slow
+
+ARGS = [
+    "model=roberta_tiny",
+    "trainer=cpu",
+    "logger=none",
+    "task=mrpc",
+    "pruner=redundancy",
+    "pruner.k=2",
+    "estimator=[cosine,knowledge_entropy]",
+    "data.batch_size=4",
+    "data.max_seq_length=32",
+    "stages.finetune_epochs=2",
+    "stages.recover_epochs=2",
+    "optim.lr=1e-3",
+    "run.throughput_batches=2",
+    "trainer.enable_progress_bar=false",
+]
+TIMING = ("wall_time_s", "throughput")
+
+
+def _run(root: Path, run_dir: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GLUE_DIR=str(root / "glue"), PROJECT_ROOT=str(root))
+    env.pop(KILL_ENV, None)
+    if kill_at:
+        env[KILL_ENV] = kill_at
+    return subprocess.run(
+        [sys.executable, "-m", "infodyn", *ARGS, f"run_dir={run_dir}"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _stable(path: Path) -> dict:
+    results = json.loads(path.read_text())
+    return {k: v for k, v in results.items() if k not in TIMING}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from glue_layout import write_all_tasks
+
+    root = tmp_path_factory.mktemp("resume")
+    write_all_tasks(root / "glue", n_train=24, n_dev=12)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(root: Path) -> dict:
+    proc = _run(root, root / "uninterrupted")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _stable(root / "uninterrupted" / "results.json")
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "resumes_from"),
+    [
+        ("finetune:1:2", "checkpoints/finetune/last.ckpt"),
+        ("after:finetune", "stages/finetune.json"),
+        ("recover:1:1", "checkpoints/recover/last.ckpt"),
+    ],
+    ids=["mid-finetune", "between-stages", "mid-recovery"],
+)
+def test_killed_run_resumes_to_the_same_results(
+    root: Path, reference: dict, kill_at: str, resumes_from: str
+) -> None:
+    run_dir = root / kill_at.replace(":", "_")
+    killed = _run(root, run_dir, kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (run_dir / "results.json").exists()
+    assert (run_dir / resumes_from).is_file()
+
+    resumed = _run(root, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if resumes_from.endswith(".ckpt"):
+        assert f"resuming stage {kill_at.split(':')[0]}" in resumed.stderr
+    results = _stable(run_dir / "results.json")
+    assert results["status"] == "complete"
+    for key in ("metrics", "pruned_layers", "layer_scores", "profiles"):
+        assert results[key] == reference[key], key
+    assert results == reference
+
+
+def test_complete_job_is_skipped(root: Path, reference: dict) -> None:
+    proc = _run(root, root / "uninterrupted")
+    assert proc.returncode == 0
+    assert "is complete; skipping" in proc.stderr
+    assert _stable(root / "uninterrupted" / "results.json") == reference
