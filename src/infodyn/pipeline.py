@@ -9,6 +9,7 @@ a job whose `results.json` is complete is skipped, so re-running a sweep resumes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -182,6 +183,11 @@ def _root_cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return f"{type(err).__name__}: {err}"
+
+
+def _needed_cfg(estimators: Mapping[str, Any]) -> dict[str, str]:
+    """Estimators added for a pruner (not in cfg.estimator), by class: part of the cache key."""
+    return {k: f"{type(e).__module__}.{type(e).__qualname__}" for k, e in estimators.items()}
 
 
 def _stem_of(target: str, group: str = "pruner") -> str:
@@ -852,33 +858,43 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modu
         num_parameters_before=count_parameters(module.model),
     )
 
-    ft = read_json(stages_dir / "finetune.json")
-    ft_ckpt = run_dir / "checkpoints" / "finetune" / "last.ckpt"
-    if ft and usable_checkpoint(ft_ckpt):
-        module = _load_module(ft_ckpt, split_names)
-        trainer = build_trainer(cfg, 1, [], loggers, None)
-    else:
-        if layerdrop_p > 0:
-            from infodyn.pruners.layerdrop import apply_layerdrop
+    from infodyn import finetune_cache
 
-            apply_layerdrop(module.model, layerdrop_p, seed=int(cfg.seed))
-        trainer, callback = _fit_stage(
-            cfg,
-            run_dir,
-            "finetune",
-            module,
-            dm,
-            estimators,
-            loggers,
-            int(cfg.stages.finetune_epochs),
-        )
-        if layerdrop_p > 0:
-            from infodyn.pruners.layerdrop import remove_layerdrop
+    shared = finetune_cache.for_job(
+        cfg, pruner_name, {**_needed_cfg(estimators), **estimator_configs(cfg)}
+    )
+    with shared.locked() if shared else contextlib.nullcontext():
+        if shared:
+            shared.fetch(run_dir)
+        ft = read_json(stages_dir / "finetune.json")
+        ft_ckpt = run_dir / "checkpoints" / "finetune" / "last.ckpt"
+        if ft and usable_checkpoint(ft_ckpt):
+            module = _load_module(ft_ckpt, split_names)
+            trainer = build_trainer(cfg, 1, [], loggers, None)
+        else:
+            if layerdrop_p > 0:
+                from infodyn.pruners.layerdrop import apply_layerdrop
 
-            remove_layerdrop(module.model)
-        ft = {"metrics": evaluate(trainer, module, dm), "profiles": callback.profiles()}
-        atomic_write_json(stages_dir / "finetune.json", _finite(ft))
-        _test_kill_point("finetune")
+                apply_layerdrop(module.model, layerdrop_p, seed=int(cfg.seed))
+            trainer, callback = _fit_stage(
+                cfg,
+                run_dir,
+                "finetune",
+                module,
+                dm,
+                estimators,
+                loggers,
+                int(cfg.stages.finetune_epochs),
+            )
+            if layerdrop_p > 0:
+                from infodyn.pruners.layerdrop import remove_layerdrop
+
+                remove_layerdrop(module.model)
+            ft = {"metrics": evaluate(trainer, module, dm), "profiles": callback.profiles()}
+            atomic_write_json(stages_dir / "finetune.json", _finite(ft))
+            _test_kill_point("finetune")
+        if shared:
+            shared.publish(run_dir)
     results["metrics"]["finetune"] = ft["metrics"]
     profiles.update(ft["profiles"])
 

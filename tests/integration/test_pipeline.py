@@ -131,3 +131,34 @@ def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
     assert {"matthews", "accuracy"} <= set(res["metrics"]["final"])
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_criteria_share_one_finetune_stage(tiny_cfg, tmp_path, monkeypatch) -> None:
+    import infodyn.pipeline as pipeline
+
+    common = ["task=mrpc", "run.share_finetune=true", f"paths.finetune_cache={tmp_path / 'ft'}"]
+    run(tiny_cfg(*common, "pruner=none", f"run_dir={tmp_path / 'none'}"))
+    entries = [p for p in (tmp_path / "ft").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and (entries[0] / "checkpoints/finetune/last.ckpt").is_file()
+
+    real_fit = pipeline._fit_stage
+
+    def no_second_finetune(cfg, run_dir, stage, *args, **kwargs):
+        assert stage != "finetune", "the shared finetune stage was trained again"
+        return real_fit(cfg, run_dir, stage, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_fit_stage", no_second_finetune)
+    run(tiny_cfg(*common, "pruner=redundancy", "pruner.k=1", f"run_dir={tmp_path / 'red'}"))
+    base, red = results(tmp_path / "none"), results(tmp_path / "red")
+    assert red["metrics"]["finetune"] == base["metrics"]["finetune"]
+    assert red["profiles"]["finetune"] == base["profiles"]["finetune"]
+
+    # LayerDrop changes training: it must not reuse the plain fine-tune
+    from infodyn.finetune_cache import finetune_key
+
+    cfg_ld = tiny_cfg(*common, "pruner=layerdrop")
+    cfg_no = tiny_cfg(*common, "pruner=none")
+    assert finetune_key(cfg_ld, "layerdrop", cfg_ld.pruner, {}) != finetune_key(
+        cfg_no, "none", cfg_no.pruner, {})
+    assert finetune_key(cfg_no, "none", cfg_no.pruner, {}) == finetune_key(
+        tiny_cfg(*common, "pruner=slimllm"), "slimllm", cfg_no.pruner, {})
