@@ -36,9 +36,10 @@ def load(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One complete tiny run per module (about 15 s), copied by `finished_run`."""
+    from omegaconf import open_dict
+
     from conftest import TINY, compose_config
     from glue_layout import write_all_tasks
-    from omegaconf import open_dict
 
     root = tmp_path_factory.mktemp("reference")
     write_all_tasks(root / "glue", n_train=24, n_dev=12)
@@ -77,9 +78,7 @@ def test_outputs_leave_no_temp_files(finished_run: tuple[Path, dict]) -> None:
     leftovers = [p for p in run_dir.rglob("*") if ".tmp" in p.name]
     assert leftovers == []
     for stage in ("finetune", "recover"):
-        assert sorted(p.name for p in (run_dir / "checkpoints" / stage).iterdir()) == [
-            "last.ckpt"
-        ]
+        assert sorted(p.name for p in (run_dir / "checkpoints" / stage).iterdir()) == ["last.ckpt"]
 
 
 def test_atomic_write_json_keeps_old_file_on_failure(tmp_path: Path) -> None:

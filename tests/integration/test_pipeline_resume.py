@@ -37,7 +37,8 @@ ARGS = [
     "run.throughput_batches=2",
     "trainer.enable_progress_bar=false",
 ]
-TIMING = ("wall_time_s", "throughput")
+# timing, and the job name (built from the command line, which names each run_dir)
+NOT_COMPARED = ("wall_time_s", "throughput", "job_name")
 
 
 def _run(root: Path, run_dir: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -57,7 +58,7 @@ def _run(root: Path, run_dir: Path, kill_at: str | None = None) -> subprocess.Co
 
 def _stable(path: Path) -> dict:
     results = json.loads(path.read_text())
-    return {k: v for k, v in results.items() if k not in TIMING}
+    return {k: v for k, v in results.items() if k not in NOT_COMPARED}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_killed_run_resumes_to_the_same_results(
     resumed = _run(root, run_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     if resumes_from.endswith(".ckpt"):
-        assert f"resuming stage {kill_at.split(':')[0]}" in resumed.stderr
+        assert f"resuming stage {kill_at.split(':')[0]}" in resumed.stdout + resumed.stderr
     results = _stable(run_dir / "results.json")
     assert results["status"] == "complete"
     for key in ("metrics", "pruned_layers", "layer_scores", "profiles"):
@@ -108,5 +109,5 @@ def test_killed_run_resumes_to_the_same_results(
 def test_complete_job_is_skipped(root: Path, reference: dict) -> None:
     proc = _run(root, root / "uninterrupted")
     assert proc.returncode == 0
-    assert "is complete; skipping" in proc.stderr
+    assert "is complete; skipping" in proc.stdout + proc.stderr
     assert _stable(root / "uninterrupted" / "results.json") == reference

@@ -105,7 +105,9 @@ def test_from_pretrained_never_trusts_remote_code_by_default() -> None:
 def test_model_yaml_does_not_trust_remote_code(path: Path) -> None:
     entry = yaml.safe_load(path.read_text())
     if entry.get("source") in ("hub", "package"):
-        assert entry.get("trust_remote_code") is False, f"{path.name}: set trust_remote_code: false"
+        assert entry.get("trust_remote_code") is False, (
+            f"{path.name}: set trust_remote_code: false"
+        )
     else:
         assert entry.get("trust_remote_code", False) is False
 
@@ -173,8 +175,9 @@ def test_names_used_as_directories_are_refused(key: str, value: str) -> None:
 
 
 def test_hydra_run_dir_with_dotdot_is_refused() -> None:
-    from conftest import compose_config
     from hydra.core.hydra_config import HydraConfig
+
+    from conftest import compose_config
 
     cfg = compose_config(["model=roberta_tiny"], return_hydra_config=True)
     with read_write(cfg):

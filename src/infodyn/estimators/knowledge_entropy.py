@@ -79,10 +79,14 @@ class KnowledgeEntropy(Metric):
                         f"activations must be [B, T, F] matching the mask "
                         f"{tuple(attention_mask.shape)}, got {tuple(a.shape)}"
                     )
-                real = (attention_mask.to(a.device) != 0).unsqueeze(-1)
+                real = attention_mask.to(a.device) != 0
                 a = a.detach().to(compute_dtype(a.dtype)).abs()
-                # where(), not multiply: 0 * NaN padding would still be NaN.
-                rows.append(torch.where(real, a, 0.0).sum(dim=(0, 1)).double())
+                # One masked reduction (bmm) instead of where() + sum: no [B, T, F] copy.
+                row = torch.einsum("btf,bt->f", a, real.to(a.dtype))
+                if not torch.isfinite(row).all():
+                    # 0 * NaN = NaN: padding holding NaN/inf must never count (rare path).
+                    row = torch.where(real.unsqueeze(-1), a, 0.0).sum(dim=(0, 1))
+                rows.append(row.double())
             batch_sum = torch.stack(rows).to(self.device)
         if not torch.isfinite(batch_sum).all():
             self.nonfinite_batches += 1

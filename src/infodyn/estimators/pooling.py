@@ -50,7 +50,14 @@ def pool(hidden: Tensor, mask: Tensor | None, how: str = "mean") -> Tensor:
         real = mask.to(hidden.device) != 0
     hidden = hidden.to(compute_dtype(hidden.dtype))
     if how == "mean":
-        # where(), not multiply: 0 * NaN padding would still be NaN.
+        # A batched matrix-vector product reads the states once and writes only [B, D];
+        # a masked where() would first copy all of [B, T, D] (this runs every training step).
+        weights = real.to(hidden.dtype)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1)
+        pooled = torch.einsum("btd,bt->bd", hidden, weights)
+        if torch.isfinite(pooled).all():
+            return pooled
+        # 0 * NaN = NaN: padding holding NaN/inf must still never leak in (rare path).
         summed = torch.where(real.unsqueeze(-1), hidden, 0.0).sum(dim=1)
         count = real.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)
         return summed / count
