@@ -65,8 +65,9 @@ class _Timer(pl.Callback):
         self._t = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._t
-        self.examples += batch["input_ids"].shape[0]
+        if trainer.global_step > 1:  # skip the warm-up step, as for the HF Trainer
+            self.seconds += time.perf_counter() - self._t
+            self.examples += batch["input_ids"].shape[0]
 
 
 def lightning_throughput(cfg, dm, batches: list[dict]) -> float:
@@ -87,7 +88,9 @@ def lightning_throughput(cfg, dm, batches: list[dict]) -> float:
         gradient_clip_val=1.0,
         callbacks=[LayerDynamicsCallback(build_estimators(cfg)), timer],
     )
-    trainer.fit(module, train_dataloaders=batches)
+    from torch.utils.data import DataLoader
+
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return timer.examples / timer.seconds
 
 
@@ -111,7 +114,7 @@ def hf_trainer_throughput(cfg, dm, batches: list[dict], tmp: str) -> float:
         num_train_epochs=1,
         learning_rate=5e-5,
         weight_decay=0.01,
-        warmup_ratio=0.06,
+        warmup_steps=max(1, int(0.06 * len(batches))),  # our schedule: 6% linear warm-up
         max_grad_norm=1.0,
         logging_strategy="no",
         save_strategy="no",
@@ -120,20 +123,29 @@ def hf_trainer_throughput(cfg, dm, batches: list[dict], tmp: str) -> float:
         dataloader_drop_last=False,
         disable_tqdm=True,
     )
+    from transformers import TrainerCallback
+
+    timer = {"examples": 0, "seconds": 0.0, "steps": 0}
+
+    class StepTimer(TrainerCallback):
+        """Times whole optimizer steps (forward, backward, step), skipping the warm-up step."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timer["steps"] += 1
+            if timer["steps"] > 1:
+                timer["seconds"] += time.perf_counter() - self.t
+                timer["examples"] += batches[timer["steps"] - 1]["input_ids"].shape[0]
+
     trainer = Trainer(
-        model=model, args=args, train_dataset=Fixed(), data_collator=lambda items: items[0]
+        model=model,
+        args=args,
+        train_dataset=Fixed(),
+        data_collator=lambda items: items[0],
+        callbacks=[StepTimer()],
     )
-    timer = {"examples": 0, "seconds": 0.0}
-    original = trainer.training_step
-
-    def timed_step(*a, **k):
-        t = time.perf_counter()
-        loss = original(*a, **k)
-        timer["seconds"] += time.perf_counter() - t
-        timer["examples"] += batches[0]["input_ids"].shape[0]
-        return loss
-
-    trainer.training_step = timed_step
     trainer.train()
     return timer["examples"] / timer["seconds"]
 

@@ -43,6 +43,7 @@ NOT_COMPARED = ("wall_time_s", "throughput", "job_name")
 
 def _run(root: Path, run_dir: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, GLUE_DIR=str(root / "glue"), PROJECT_ROOT=str(root))
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one fixed float reduction order
     env.pop(KILL_ENV, None)
     if kill_at:
         env[KILL_ENV] = kill_at
@@ -101,9 +102,23 @@ def test_killed_run_resumes_to_the_same_results(
         assert f"resuming stage {kill_at.split(':')[0]}" in resumed.stdout + resumed.stderr
     results = _stable(run_dir / "results.json")
     assert results["status"] == "complete"
-    for key in ("metrics", "pruned_layers", "layer_scores", "profiles"):
-        assert results[key] == reference[key], key
-    assert results == reference
+    assert results["pruned_layers"] == reference["pruned_layers"]
+    # Equal up to float noise (seen: 4e-8 relative between two uninterrupted runs on a loaded
+    # machine); a wrong data order or RNG stream after the resume moves scores by ~1e-2.
+    for key in ("metrics", "layer_scores", "profiles"):
+        assert results[key] == _approx(reference[key]), key
+    assert results == _approx(reference)
+
+
+def _approx(value):
+    """`value` with every float wrapped in pytest.approx (nested dicts and lists)."""
+    if isinstance(value, float):
+        return pytest.approx(value, rel=1e-6, abs=1e-9)
+    if isinstance(value, dict):
+        return {k: _approx(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_approx(v) for v in value]
+    return value
 
 
 def test_complete_job_is_skipped(root: Path, reference: dict) -> None:
