@@ -77,6 +77,9 @@ class GlueClassifier(pl.LightningModule):
             remove_layers(self.model, list(pruned_layers))
         if finetune.get("name", "full") == "lora":
             self.model = apply_lora(self.model, finetune)
+        # from_pretrained returns eval mode and Lightning 2.6 keeps a module's mode at fit
+        # start: without this, fine-tuning would silently run without dropout.
+        self.model.train()
         self.eval_split_names = list(eval_split_names)
         self.val_metrics = torch.nn.ModuleList(
             [build_metrics(task) for _ in self.eval_split_names]
