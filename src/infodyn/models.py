@@ -130,11 +130,14 @@ def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
         return char_tokenizer(max_len)
     path = resolve_model_path(model_cfg)
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
         )
     except OSError as err:
         raise _hub_error(path, err) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoders (GPT-2, Llama) ship no pad token
+    return tokenizer
 
 
 def build_model(
@@ -151,11 +154,17 @@ def build_model(
         return AutoModelForSequenceClassification.from_config(cfg)
     path = resolve_model_path(model_cfg)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)), **extra
         )
     except OSError as err:
         raise _hub_error(path, err) from err
+    if model.config.pad_token_id is None and model.config.eos_token_id is not None:
+        # decoder heads pick the last non-pad token: they need a pad id to batch (= eos, as
+        # build_tokenizer pads with eos)
+        eos = model.config.eos_token_id
+        model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    return model
 
 
 def max_positions(model: PreTrainedModel) -> int | None:
