@@ -693,7 +693,10 @@ def _log_summary(lg: Any, results: Mapping[str, Any]) -> None:
     try:
         lg.log_metrics(flat)
         if type(lg).__name__ == "WandbLogger":
+            from infodyn.report import log_job_to_wandb
+
             lg.experiment.summary.update(flat)
+            log_job_to_wandb(lg.experiment, results, Path(lg.save_dir or "."))
     except Exception as err:  # noqa: BLE001 - tracking must never sink a finished job
         log.warning("could not log the summary to %s: %s", type(lg).__name__, err)
 

@@ -19,7 +19,7 @@ import re
 import sys
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -929,6 +929,52 @@ def _rankings(runs: Sequence[Run], task: str, out_dir: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- W&B and CLI
+
+
+def log_job_to_wandb(
+    run: Any, results: Mapping[str, Any], out_dir: str | os.PathLike[str]
+) -> None:
+    """Log one job's per-epoch profiles (a `wandb.Table` per estimator) and its Fig. 1 plot
+    to that job's W&B run, and put the final metrics in the run summary."""
+    import wandb
+
+    for stage, per_est in (results.get("profiles") or {}).items():
+        if not isinstance(per_est, Mapping):
+            continue  # the "indexing" note
+        for est, prof in per_est.items():
+            layers = prof.get("layers") or []
+            series = [k for k, v in prof.items() if k != "layers" and v and isinstance(v[0], list)]
+            rows = [
+                [stage, epoch + 1, block, *[prof[k][epoch][i] for k in series]]
+                for epoch in range(len(prof[series[0]]) if series else 0)
+                for i, block in enumerate(layers)
+            ]
+            if rows:
+                table = wandb.Table(columns=["stage", "epoch", "block", *series], data=rows)
+                run.log({f"profiles/{stage}/{est}": table})
+    prof = ((results.get("profiles") or {}).get("finetune") or {}).get("cosine") or {}
+    if prof.get("redundancy"):
+        _style()
+        import matplotlib.pyplot as plt
+
+        stack = _float_array(prof["redundancy"])[None]
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        _plot_profile(ax, stack, np.asarray(prof["layers"], dtype=int), legend=True)
+        ax.set(
+            xlabel=XLABEL,
+            ylabel=YLABEL,
+            title=f"{results.get('task')} · {results.get('model')} (seed {results.get('seed')})",
+        )
+        path = _save(fig, Path(out_dir) / "fig1", pdf=False)[0]
+        run.log({"fig1": wandb.Image(str(path))})
+    final = (results.get("metrics") or {}).get("final") or {}
+    run.summary.update({f"final/{k}": v for k, v in final.items()})
+    run.summary.update(
+        {
+            "pruned_layers": results.get("pruned_layers"),
+            "num_layers_after": results.get("num_layers_after"),
+        }
+    )
 
 
 def log_wandb(

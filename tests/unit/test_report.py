@@ -348,3 +348,37 @@ def test_single_runs_n1(tmp_path: Path, capsys) -> None:
     diff = final_metric("mrpc", "last_k", 0) - final_metric("mrpc", "redundancy", 0)
     assert f"{diff:+.4f} [{diff:+.4f}, {diff:+.4f}] (n=1)" in md
     assert (a / "report" / "fig1_mrpc.png").read_bytes()[:8] == PNG
+
+
+def test_job_profiles_and_fig1_go_to_its_wandb_run(tmp_path) -> None:
+    import wandb
+
+    from infodyn.report import log_job_to_wandb
+
+    class FakeRun:
+        def __init__(self) -> None:
+            self.logged: dict = {}
+            self.summary: dict = {}
+
+        def log(self, data: dict) -> None:
+            self.logged.update(data)
+
+    results = {
+        "task": "mrpc", "model": "minilm_l6", "seed": 0, "pruned_layers": [2, 3],
+        "num_layers_after": 4, "metrics": {"final": {"f1": 0.8, "accuracy": 0.7}},
+        "profiles": {
+            "indexing": "0-based block index",
+            "finetune": {"cosine": {"layers": [0, 1, 2], "redundancy": [[0.1, 0.3, 0.2],
+                                                                     [0.1, 0.35, 0.2]],
+                                    "num_batches": [5.0, 5.0]}},
+        },
+    }
+    run = FakeRun()
+    log_job_to_wandb(run, results, tmp_path)
+    table = run.logged["profiles/finetune/cosine"]
+    assert isinstance(table, wandb.Table)
+    assert table.columns == ["stage", "epoch", "block", "redundancy"]
+    assert len(table.data) == 6 and table.data[4] == ["finetune", 2, 1, 0.35]
+    assert isinstance(run.logged["fig1"], wandb.Image)
+    assert (tmp_path / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run.summary["final/f1"] == 0.8 and run.summary["pruned_layers"] == [2, 3]
