@@ -162,3 +162,21 @@ def test_criteria_share_one_finetune_stage(tiny_cfg, tmp_path, monkeypatch) -> N
         cfg_no, "none", cfg_no.pruner, {})
     assert finetune_key(cfg_no, "none", cfg_no.pruner, {}) == finetune_key(
         tiny_cfg(*common, "pruner=slimllm"), "slimllm", cfg_no.pruner, {})
+
+
+@pytest.mark.slow
+def test_ddp_runs_the_whole_pipeline_on_two_cpu_processes(tmp_path, glue_dir) -> None:
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "GLUE_DIR": str(glue_dir),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "infodyn", "task=mrpc", "model=roberta_tiny", "trainer=ddp",
+         "trainer.accelerator=cpu", "logger=none", "pruner=redundancy", "pruner.k=2",
+         "data.batch_size=4", "stages.finetune_epochs=2", "stages.recover_epochs=1",
+         "run.throughput_batches=1", "data.calibration_size=8"],
+        capture_output=True, text=True, cwd=CONF_DIR.parent, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = results(tmp_path / "outputs/runs/mrpc/roberta_tiny/redundancy/seed=0")
+    assert res["status"] == "complete" and len(res["pruned_layers"]) == 2
+    prof = res["profiles"]["finetune"]["cosine"]
+    assert len(prof["redundancy"]) == 2 and all(len(r) == 4 for r in prof["redundancy"])

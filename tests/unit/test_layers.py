@@ -5,41 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import (
-    AutoModelForSequenceClassification,
-    BertConfig,
-    GPT2Config,
-    LlamaConfig,
-    RobertaConfig,
-)
 
 from infodyn.layers import LayerListNotFound, ffn_output_projection, find_layer_list, num_blocks
-
-ARCHS = ("roberta", "bert", "gpt2", "llama")
-
-
-def tiny(arch: str, layers: int = 4):
-    common = dict(vocab_size=99, num_labels=2, pad_token_id=1)
-    if arch == "roberta":
-        cfg = RobertaConfig(
-            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=37, **common,
-        )  # fmt: skip
-    elif arch == "bert":
-        cfg = BertConfig(
-            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=37, **common,
-        )  # fmt: skip
-    elif arch == "gpt2":
-        cfg = GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=64, **common)
-    else:
-        cfg = LlamaConfig(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **common,
-        )  # fmt: skip
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(cfg).eval()
-
+from tiny_models import ARCHS, tiny
 
 EXPECTED = {
     "roberta": ("layer", "output.dense"),

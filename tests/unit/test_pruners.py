@@ -6,13 +6,6 @@ import math
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    BertConfig,
-    GPT2Config,
-    LlamaConfig,
-    RobertaConfig,
-)
 
 from infodyn.layers import find_layer_list
 from infodyn.pruners.angular import AngularPruner, last_token_index
@@ -25,34 +18,10 @@ from infodyn.pruners.none import NoPruner
 from infodyn.pruners.random import RandomPruner
 from infodyn.pruners.redundancy import RedundancyPruner
 from infodyn.pruners.slimllm import SlimLLMPruner
+from tiny_models import ARCHS, tiny
 
 NAN = float("nan")
 T = torch.tensor
-
-ARCHS = ("roberta", "bert", "gpt2", "llama")
-
-
-def tiny(arch: str, layers: int = 4):
-    common = dict(vocab_size=99, num_labels=2, pad_token_id=1)
-    if arch == "roberta":
-        cfg = RobertaConfig(
-            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=37, **common,
-        )  # fmt: skip
-    elif arch == "bert":
-        cfg = BertConfig(
-            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=37, **common,
-        )  # fmt: skip
-    elif arch == "gpt2":
-        cfg = GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=64, **common)
-    else:
-        cfg = LlamaConfig(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **common,
-        )  # fmt: skip
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(cfg).eval()
 
 
 def make_identity(model, b: int) -> None:

@@ -1,4 +1,4 @@
-"""Protocols every layer estimator satisfies (no shared implementation).
+"""Protocols every layer estimator satisfies, and the one torchmetrics shim they all use.
 
 Indexing: ``states`` for ``input_kind="hidden_states"`` or ``"probe"`` is HF's
 ``output_hidden_states``: L + 1 tensors ``[B, T, D]``, ``states[0]`` the embedding output z_0.
@@ -9,7 +9,7 @@ projection. Per-layer outputs have length L, entry b scoring block b from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
@@ -38,3 +38,11 @@ class ProbeEstimator(LayerEstimator, Protocol):
     probe_size: int
 
     def commit(self) -> None: ...  # current probe pass becomes the "previous epoch" X^t
+
+
+def keep_layer_axis(wrapped_compute: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Wrap a ``Metric._wrap_compute`` result so that ``compute()`` stays ``[L]``.
+
+    torchmetrics squeezes a 1-element result to 0-dim; keep ``[L]`` even when L == 1.
+    """
+    return lambda *args, **kwargs: wrapped_compute(*args, **kwargs).reshape(-1)

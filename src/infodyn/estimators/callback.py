@@ -247,6 +247,23 @@ def record_epoch(
     return metrics
 
 
+INPUT_KINDS = ("hidden_states", "ffn_activations", "probe")
+
+
+def check_estimators(estimators: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """A callback's `estimators` as a dict, each with a known `input_kind`; `stage` non-empty."""
+    for key, est in estimators.items():
+        kind = getattr(est, "input_kind", None)
+        if kind not in INPUT_KINDS:
+            raise ValueError(
+                f"estimator '{key}' ({type(est).__name__}) has input_kind={kind!r}; expected "
+                f"one of {sorted(INPUT_KINDS)}. Fix: implement estimators/base.py::LayerEstimator."
+            )
+    if not isinstance(stage, str) or not stage:
+        raise ValueError(f"stage must be a non-empty string, got {stage!r}")
+    return dict(estimators)
+
+
 class LayerDynamicsCallback(pl.Callback):
     """Tracks every layer's estimator values at every epoch of a training stage.
 
@@ -266,17 +283,7 @@ class LayerDynamicsCallback(pl.Callback):
         probe_dataloader: Iterable | None = None,
     ) -> None:
         super().__init__()
-        kinds = {"hidden_states", "ffn_activations", "probe"}
-        for key, est in estimators.items():
-            kind = getattr(est, "input_kind", None)
-            if kind not in kinds:
-                raise ValueError(
-                    f"estimator '{key}' ({type(est).__name__}) has input_kind={kind!r}; expected "
-                    f"one of {sorted(kinds)}. Fix: implement estimators/base.py::LayerEstimator."
-                )
-        if not isinstance(stage, str) or not stage:
-            raise ValueError(f"stage must be a non-empty string, got {stage!r}")
-        self.estimators = dict(estimators)
+        self.estimators = check_estimators(estimators, stage)
         self.stage = stage
         self.model_attr = model_attr
         self.probe_dataloader = probe_dataloader

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from infodyn.estimators.base import keep_layer_axis
 from infodyn.estimators.pooling import POOLINGS, pool
 
 PAIRINGS = ("consecutive", "shuffled")
@@ -158,9 +159,7 @@ class CosineRedundancy(Metric):
         self.persistent(True)
 
     def _wrap_compute(self, compute):
-        wrapped = super()._wrap_compute(compute)
-        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
-        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
+        return keep_layer_axis(super()._wrap_compute(compute))
 
     def _ensure_layers(self, num_layers: int) -> None:
         have = self.sum_r.numel()

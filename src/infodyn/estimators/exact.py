@@ -19,14 +19,11 @@ enough bins. A constant coordinate has width 0 and differential entropy -inf.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from infodyn.estimators.gaussian import ProbeStore, probe_blocks
+from infodyn.estimators.probe import ProbeMetric, probe_blocks
 
 
 def quantize(x: Tensor, bins: int) -> tuple[Tensor, Tensor]:
@@ -58,7 +55,7 @@ def _flat(codes: Tensor, bins: int) -> Tensor:
     return (codes * weights).sum(dim=-1)
 
 
-class ExactEntropyRate(Metric):
+class ExactEntropyRate(ProbeMetric):
     """Plug-in conditional entropy per block on a d-dim, Q-bin quantization of a probe set.
 
     Args:
@@ -71,13 +68,12 @@ class ExactEntropyRate(Metric):
         include_embedding_pair: when false, block 0 reports NaN.
         max_states: refuse any (d, bins) with Q^{3d} above this (8 bytes per state).
         seed: seeds the random projection.
+
+    ``summary()``: ``exact`` (= compute(), -H), ``entropy_rate``, ``entropy_rate_discrete``
+    ``[L]`` and the counters (``num_states`` among them).
     """
 
     name = "exact"
-    input_kind = "probe"
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = True
 
     def __init__(
         self,
@@ -92,7 +88,6 @@ class ExactEntropyRate(Metric):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        kwargs.setdefault("compute_with_cache", False)  # commit() changes the result
         super().__init__(**kwargs)
         if not 1 <= d <= 3:
             raise ValueError(f"d must be 1, 2 or 3, got {d}")
@@ -111,35 +106,9 @@ class ExactEntropyRate(Metric):
             raise ValueError(f"probe_size must be >= 2, got {probe_size}")
         self.d, self.bins, self.probe_size, self.num_states = d, bins, probe_size, num_states
         self.differential = differential
-        self.include_embedding_pair = include_embedding_pair
-        self._store = ProbeStore(d, projection, pooling, seed)
-        self.add_state(
-            "nonfinite_batches", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum"
-        )
-        self.persistent(True)
+        self._init_probe(d, projection, pooling, seed, include_embedding_pair)
 
-    def _wrap_compute(self, compute):
-        wrapped = super()._wrap_compute(compute)
-        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
-        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
-
-    def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
-        """Add one probe batch: ``states`` = z_0..z_L, each ``[B, T, D]``."""
-        if not self._store.add(states, attention_mask):
-            self.nonfinite_batches += 1
-
-    def commit(self) -> None:
-        """Make the current probe pass the previous epoch's X^t."""
-        self._store.commit()
-        self._computed = None
-
-    def reset(self) -> None:
-        """Drop the uncommitted pass and the counters; keep the reference and projection."""
-        super().reset()
-        self._store.current = []
-
-    def _series(self) -> dict[str, Tensor]:
-        cur, prev = self._store.pair()
+    def _block_series(self, cur: Tensor, prev: Tensor) -> dict[str, Tensor]:
         cur_codes, cur_width = quantize(cur, self.bins)  # [N, L + 1, d], [L + 1, d]
         prev_codes, _ = quantize(prev, self.bins)
         u, v = probe_blocks(cur_codes, prev_codes)  # [L, N, d], [L, N, 2d]
@@ -152,31 +121,10 @@ class ExactEntropyRate(Metric):
             discrete.append(h_joint - _entropy(v_index, q_d * q_d))
         h_discrete = torch.stack(discrete)
         h_diff = h_discrete + cur_width[1:].log().sum(dim=-1)
-        out = {
+        return {
             "entropy_rate": h_diff if self.differential else h_discrete,
             "entropy_rate_discrete": h_discrete,
         }
-        if not self.include_embedding_pair:
-            for value in out.values():
-                value[0] = math.nan
-        return out
 
-    def compute(self) -> Tensor:
-        """``[L]`` float64: -H(z_{b+1}^{t+1} | z_b^{t+1}, z_{b+1}^t) in nats."""
-        return -self._series()["entropy_rate"]
-
-    def summary(self) -> dict[str, Tensor | float | int]:
-        """``exact`` (= compute(), -H), ``entropy_rate``, ``entropy_rate_discrete`` ``[L]``
-        and the counters."""
-        out: dict[str, Tensor | float | int] = dict(self._series())
-        out = {self.name: -out["entropy_rate"], **out}
-        out["num_states"] = self.num_states
-        out["num_probe"] = int(self._store.previous.shape[0])
-        out["nonfinite_batches"] = int(self.nonfinite_batches)
-        return out
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return self._store.state()
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self._store.load(state)
+    def _summary_counters(self) -> dict[str, int]:
+        return {"num_states": self.num_states}

@@ -34,131 +34,11 @@ processes: run the probe on every rank or on one.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from infodyn.estimators.cosine import pool_layers
-from infodyn.estimators.pooling import POOLINGS
-
-PROJECTIONS = ("pca", "random")
-
-
-class ProbeStore:
-    """Pooled, projected probe representations of the current and the previous (committed) pass.
-
-    Shared by the probe estimators (composition, not a base class).
-    """
-
-    def __init__(self, k: int, projection: str, pooling: str, seed: int) -> None:
-        if k < 1:
-            raise ValueError(f"projection dim must be >= 1, got {k}")
-        if projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.k, self.projection, self.pooling, self.seed = k, projection, pooling, seed
-        self.mean: Tensor | None = None  # [L + 1, D]
-        self.basis: Tensor | None = None  # [L + 1, D, k]
-        self.previous: Tensor | None = None  # [N, L + 1, k]
-        self.current: list[Tensor] = []  # projected [B, L + 1, k], or raw [B, L + 1, D]
-
-    def add(self, states: Sequence[Tensor], attention_mask: Tensor | None) -> bool:
-        """Pool, project and store one probe batch; False (nothing stored) if non-finite."""
-        pooled = pool_layers(states, attention_mask, self.pooling).transpose(0, 1).cpu()
-        if not torch.isfinite(pooled).all():
-            return False
-        num_states, width = pooled.shape[1], pooled.shape[2]
-        if self.mean is not None and self.mean.shape[0] != num_states:
-            raise ValueError(
-                f"probe batch has {num_states} hidden states but the reference has "
-                f"{self.mean.shape[0]}; build a new estimator after changing the model depth"
-            )
-        if self.current and self.current[0].shape[1] != num_states:
-            raise ValueError("hidden-state count changed within one probe pass")
-        if self.k > width:
-            raise ValueError(f"projection dim k={self.k} exceeds the hidden width D={width}")
-        if self.basis is None and self.projection == "random":
-            gen = torch.Generator().manual_seed(self.seed)
-            matrix = torch.randn(width, self.k, generator=gen, dtype=torch.float64)
-            self.basis = (matrix / math.sqrt(self.k)).expand(num_states, -1, -1).contiguous()
-            self.mean = torch.zeros(num_states, width, dtype=torch.float64)
-        self.current.append(pooled if self.basis is None else self._project(pooled))
-        return True
-
-    def _project(self, pooled: Tensor) -> Tensor:
-        return torch.einsum("nld,ldk->nlk", pooled.double() - self.mean, self.basis)
-
-    def _fit_pca(self, raw: Tensor) -> None:
-        num, _, width = raw.shape
-        if self.k > min(num, width):
-            raise ValueError(
-                f"PCA to k={self.k} dims needs at least k probe examples and k hidden dims; "
-                f"got N={num}, D={width}. Lower k or enlarge the probe set."
-            )
-        raw = raw.double()
-        self.mean = raw.mean(dim=0)  # [L + 1, D]
-        centered = (raw - self.mean).transpose(0, 1)  # [L + 1, N, D]
-        _, _, vh = torch.linalg.svd(centered, full_matrices=False)
-        basis = vh[:, : self.k].transpose(1, 2)  # [L + 1, D, k]
-        # Fix the SVD sign ambiguity so a refit gives the same basis.
-        pivot = basis.abs().argmax(dim=1, keepdim=True)
-        self.basis = basis * torch.gather(basis, 1, pivot).sign()
-
-    def current_pass(self) -> Tensor:
-        """The uncommitted pass, projected: ``[N, L + 1, k]`` float64."""
-        if not self.current:
-            raise RuntimeError("no probe batches since the last commit()/reset()")
-        return torch.cat(self.current)  # projected: a basis exists once anything is committed
-
-    def commit(self) -> None:
-        """The current pass becomes the previous one (fitting the PCA on the first commit)."""
-        if not self.current:
-            raise RuntimeError("commit() with no probe batches since the last commit()/reset()")
-        cur = torch.cat(self.current)
-        if self.basis is None:
-            self._fit_pca(cur)
-            cur = self._project(cur)
-        self.previous = cur
-        self.current = []
-
-    def pair(self) -> tuple[Tensor, Tensor]:
-        """``(current, previous)`` projected passes ``[N, L + 1, k]``, validated."""
-        if self.previous is None:
-            raise RuntimeError(
-                "no reference probe pass committed: before training, run the probe set "
-                "through the model, call update(hidden_states, mask) per batch, then commit()"
-            )
-        cur = self.current_pass()
-        if cur.shape != self.previous.shape:
-            raise ValueError(
-                f"current probe pass {tuple(cur.shape)} does not match the committed pass "
-                f"{tuple(self.previous.shape)}: feed the same probe examples, in the same "
-                "order, every pass"
-            )
-        return cur, self.previous
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean,
-            "basis": self.basis,
-            "previous": self.previous,
-            "current": torch.cat(self.current) if self.current else None,
-        }
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.mean, self.basis, self.previous = state["mean"], state["basis"], state["previous"]
-        self.current = [] if state["current"] is None else [state["current"]]
-
-
-def probe_blocks(cur: Tensor, prev: Tensor) -> tuple[Tensor, Tensor]:
-    """Stack (u, v) per block: ``u [L, N, k]`` = z_{b+1}^{t+1}, ``v [L, N, 2k]``."""
-    u = cur[:, 1:].transpose(0, 1)
-    v = torch.cat([cur[:, :-1], prev[:, 1:]], dim=-1).transpose(0, 1)
-    return u, v
+from infodyn.estimators.probe import ProbeMetric, probe_blocks
 
 
 def _logdet_pd(matrix: Tensor) -> Tensor:
@@ -206,7 +86,7 @@ def gaussian_conditional_entropy(u: Tensor, v: Tensor, ridge: float = 1e-4) -> d
     }
 
 
-class GaussianEntropyRate(Metric):
+class GaussianEntropyRate(ProbeMetric):
     """Theorem 1 entropy rate per block, on a fixed probe set across epochs.
 
     Args:
@@ -217,13 +97,12 @@ class GaussianEntropyRate(Metric):
         pooling: per-example pooling, ``"mean"`` | ``"cls"`` | ``"last"``.
         include_embedding_pair: when false, block 0 reports NaN.
         seed: seeds the random projection.
+
+    ``summary()``: ``gaussian`` (= compute(), -H), ``entropy_rate``, ``entropy_rate_trace``,
+    ``trace_A``, ``mutual_information``, ``trace_error`` ``[L]`` and the counters.
     """
 
     name = "gaussian"
-    input_kind = "probe"
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = True
 
     def __init__(
         self,
@@ -236,7 +115,6 @@ class GaussianEntropyRate(Metric):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        kwargs.setdefault("compute_with_cache", False)  # commit() changes the result
         super().__init__(**kwargs)
         if probe_size <= 3 * k:
             raise ValueError(
@@ -246,56 +124,7 @@ class GaussianEntropyRate(Metric):
         if ridge < 0:
             raise ValueError(f"ridge must be >= 0, got {ridge}")
         self.probe_size, self.k, self.ridge = probe_size, k, ridge
-        self.include_embedding_pair = include_embedding_pair
-        self._store = ProbeStore(k, projection, pooling, seed)
-        self.add_state(
-            "nonfinite_batches", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum"
-        )
-        self.persistent(True)
+        self._init_probe(k, projection, pooling, seed, include_embedding_pair)
 
-    def _wrap_compute(self, compute):
-        wrapped = super()._wrap_compute(compute)
-        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
-        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
-
-    def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
-        """Add one probe batch: ``states`` = z_0..z_L, each ``[B, T, D]``."""
-        if not self._store.add(states, attention_mask):
-            self.nonfinite_batches += 1
-
-    def commit(self) -> None:
-        """Make the current probe pass the previous epoch's X^t."""
-        self._store.commit()
-        self._computed = None
-
-    def reset(self) -> None:
-        """Drop the uncommitted pass and the counters; keep the reference and projection."""
-        super().reset()
-        self._store.current = []
-
-    def _series(self) -> dict[str, Tensor]:
-        cur, prev = self._store.pair()
-        out = gaussian_conditional_entropy(*probe_blocks(cur, prev), ridge=self.ridge)
-        if not self.include_embedding_pair:
-            for value in out.values():
-                value[0] = math.nan
-        return out
-
-    def compute(self) -> Tensor:
-        """``[L]`` float64: -H(z_{b+1}^{t+1} | z_b^{t+1}, z_{b+1}^t) in nats."""
-        return -self._series()["entropy_rate"]
-
-    def summary(self) -> dict[str, Tensor | float | int]:
-        """``gaussian`` (= compute(), -H), ``entropy_rate``, ``entropy_rate_trace``,
-        ``trace_A``, ``mutual_information``, ``trace_error`` ``[L]`` and the counters."""
-        out: dict[str, Tensor | float | int] = dict(self._series())
-        out = {self.name: -out["entropy_rate"], **out}
-        out["num_probe"] = int(self._store.previous.shape[0])
-        out["nonfinite_batches"] = int(self.nonfinite_batches)
-        return out
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return self._store.state()
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self._store.load(state)
+    def _block_series(self, cur: Tensor, prev: Tensor) -> dict[str, Tensor]:
+        return gaussian_conditional_entropy(*probe_blocks(cur, prev), ridge=self.ridge)

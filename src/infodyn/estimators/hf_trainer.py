@@ -38,6 +38,7 @@ from transformers import TrainerCallback
 from infodyn.estimators.callback import (
     INDEXING,
     ActivationTap,
+    check_estimators,
     feed_estimators,
     find_hf_model,
     record_epoch,
@@ -45,8 +46,6 @@ from infodyn.estimators.callback import (
 )
 
 log = logging.getLogger("infodyn")
-
-_KINDS = ("hidden_states", "ffn_activations", "probe")
 
 
 class LayerDynamicsTrainerCallback(TrainerCallback):
@@ -65,16 +64,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         stage: str = "finetune",
         probe_dataloader: Iterable | None = None,
     ) -> None:
-        for key, est in estimators.items():
-            kind = getattr(est, "input_kind", None)
-            if kind not in _KINDS:
-                raise ValueError(
-                    f"estimator '{key}' ({type(est).__name__}) has input_kind={kind!r}; expected "
-                    f"one of {sorted(_KINDS)}. Fix: implement estimators/base.py::LayerEstimator."
-                )
-        if not isinstance(stage, str) or not stage:
-            raise ValueError(f"stage must be a non-empty string, got {stage!r}")
-        self.estimators = dict(estimators)
+        self.estimators = check_estimators(estimators, stage)
         if self._kind("probe") and probe_dataloader is None:
             raise ValueError(
                 f"probe estimators {sorted(self._kind('probe'))} need a fixed probe set. Fix: "

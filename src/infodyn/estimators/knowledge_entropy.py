@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from infodyn.estimators.base import keep_layer_axis
 from infodyn.estimators.pooling import compute_dtype
 
 
@@ -55,9 +56,7 @@ class KnowledgeEntropy(Metric):
         self.persistent(True)
 
     def _wrap_compute(self, compute):
-        wrapped = super()._wrap_compute(compute)
-        # torchmetrics squeezes a 1-element result to 0-dim; keep [L] even when L == 1.
-        return lambda *args, **kwargs: wrapped(*args, **kwargs).reshape(-1)
+        return keep_layer_axis(super()._wrap_compute(compute))
 
     def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
         """Add one batch: ``states`` = L tensors ``[B, T, F]`` (FFN output-projection inputs)."""

@@ -103,6 +103,14 @@ def enough(cands: list[int], k: int, num_layers: int, protect: Iterable[int]) ->
         )
 
 
+def unprotected(num_layers: int, k: int, protect: Iterable[int]) -> list[int]:
+    """The blocks not in `protect`, checked to hold at least `k` (scores play no part)."""
+    keep = check_protect(protect, num_layers)
+    cands = [i for i in range(num_layers) if i not in keep]
+    enough(cands, k, num_layers, protect)
+    return cands
+
+
 def top_k(scores: Tensor, k: int, protect: Iterable[int] = ()) -> list[int]:
     """The `k` highest-scoring removable blocks, sorted by index (ties -> lower index)."""
     protect = list(protect)

@@ -5,25 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from torch import Tensor
-
-from infodyn.pruners.base import PrunerArgs, PrunerConfigError, top_k
-from infodyn.pruners.redundancy import REDUCTIONS, reduce_profile
+from infodyn.pruners.redundancy import RedundancyPruner
 
 
-class KnowledgeEntropyPruner(PrunerArgs):
+class KnowledgeEntropyPruner(RedundancyPruner):
     """Remove the `k` blocks whose FFN knowledge entropy is highest.
 
-    Scores come from the `knowledge_entropy` estimator (FFN activations read by a pre-hook on
-    `layers.ffn_output_projection`), reduced over epochs like `RedundancyPruner`.
+    `RedundancyPruner` reading another profile: scores come from the `knowledge_entropy`
+    estimator (FFN activations read by a pre-hook on `layers.ffn_output_projection`), reduced
+    over epochs and ranked exactly as there.
 
     Args:
         estimator: the estimator whose profile is read.
         reduce: `last`, `mean` or `calibration` (see `RedundancyPruner`).
         k, fraction, protect: see `PrunerArgs`.
     """
-
-    source = "estimator"
 
     def __init__(
         self,
@@ -33,18 +29,4 @@ class KnowledgeEntropyPruner(PrunerArgs):
         estimator: str = "knowledge_entropy",
         reduce: Literal["last", "mean", "calibration"] = "last",
     ) -> None:
-        super().__init__(k, fraction, protect)
-        if reduce not in REDUCTIONS:
-            raise PrunerConfigError(
-                f"pruner.reduce='{reduce}' is unknown. Fix: use one of {', '.join(REDUCTIONS)}."
-            )
-        self.estimator = str(estimator)
-        self.reduce = reduce
-
-    def reduce_profile(self, profile: Tensor) -> Tensor:
-        """`[E, L]` per-epoch scores (or `[L]`) -> `[L]` by `reduce`."""
-        return reduce_profile(profile, self.reduce)
-
-    def select(self, scores: Tensor, k: int) -> list[int]:
-        """The `k` highest-entropy blocks (NaN and protected never chosen), sorted."""
-        return top_k(scores, k, self.protect)
+        super().__init__(k, fraction, protect, estimator, reduce)

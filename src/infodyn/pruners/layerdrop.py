@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from infodyn.layers import find_layer_list
-from infodyn.pruners.base import PrunerArgs, PrunerConfigError, check_protect, enough
+from infodyn.pruners.base import PrunerArgs, PrunerConfigError, unprotected
+from infodyn.pruners.random import draw
 
 SELECTIONS = ("every_other", "random")
 
@@ -153,15 +154,11 @@ class LayerDropPruner(PrunerArgs):
     def select(self, scores: Tensor, k: int) -> list[int]:
         """`k` blocks by `selection`, sorted; scores are ignored except for their length."""
         num_layers = len(scores)
-        keep = check_protect(self.protect, num_layers)
-        cands = [i for i in range(num_layers) if i not in keep]
-        enough(cands, k, num_layers, self.protect)
+        cands = unprotected(num_layers, k, self.protect)
         if k == 0:
             return []
         if self.selection == "random":
-            gen = torch.Generator().manual_seed(self.seed)
-            order = torch.randperm(len(cands), generator=gen).tolist()
-            return sorted(cands[j] for j in order[:k])
+            return draw(cands, k, self.seed)
         chosen: list[int] = []
         for target in every_other(num_layers, k):
             free = [c for c in cands if c not in chosen]

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from infodyn.pruners.base import PrunerArgs, check_protect, enough
+from infodyn.pruners.base import PrunerArgs, unprotected
 
 
 class RandomPruner(PrunerArgs):
@@ -32,10 +32,11 @@ class RandomPruner(PrunerArgs):
 
     def select(self, scores: Tensor, k: int) -> list[int]:
         """`k` random unprotected blocks, sorted; scores are ignored except for their length."""
-        num_layers = len(scores)
-        keep = check_protect(self.protect, num_layers)
-        cands = [i for i in range(num_layers) if i not in keep]
-        enough(cands, k, num_layers, self.protect)
-        gen = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(cands), generator=gen).tolist()
-        return sorted(cands[j] for j in order[:k])
+        return draw(unprotected(len(scores), k, self.protect), k, self.seed)
+
+
+def draw(cands: list[int], k: int, seed: int) -> list[int]:
+    """`k` of `cands` without replacement from a private generator seeded `seed`, sorted."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(cands), generator=gen).tolist()
+    return sorted(cands[j] for j in order[:k])
