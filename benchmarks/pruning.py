@@ -30,21 +30,38 @@ def table_part(tasks: str, sweep_dir: Path | None, extra: str, n_jobs: int) -> N
 
     if sweep_dir is None:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        cmd = [sys.executable, "-m", "infodyn", "-m", "sweep=cpu_table1",
-               "hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={n_jobs}",
-               "logger=csv", f"task={tasks}", *shlex.split(extra)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "infodyn",
+            "-m",
+            "sweep=cpu_table1",
+            "hydra/launcher=local_parallel",
+            f"hydra.launcher.n_jobs={n_jobs}",
+            "logger=csv",
+            f"task={tasks}",
+            *shlex.split(extra),
+        ]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, env=env, check=False)
         sweep_dir = Path(os.environ.get("PROJECT_ROOT", ROOT)) / "outputs/multirun/cpu_table1"
     runs, failed = collect([sweep_dir])
     rows = table1(runs, stage="final")
-    tasks_seen = [t for t in ("mnli", "mrpc", "sst2", "cola", "qnli", "qqp", "rte", "stsb")
-                  if any(r["task"] == t for r in rows)]
+    tasks_seen = [
+        t
+        for t in ("mnli", "mrpc", "sst2", "cola", "qnli", "qqp", "rte", "stsb")
+        if any(r["task"] == t for r in rows)
+    ]
     criteria = list(dict.fromkeys(r["criterion"] for r in rows))
     cell = {(r["criterion"], r["task"]): r for r in rows}
-    print("\n| criterion | " + " | ".join(
-        f"{t} ({cell[next(c for c in criteria if (c, t) in cell), t]['metric']})"
-        for t in tasks_seen) + " |")
+    print(
+        "\n| criterion | "
+        + " | ".join(
+            f"{t} ({cell[next(c for c in criteria if (c, t) in cell), t]['metric']})"
+            for t in tasks_seen
+        )
+        + " |"
+    )
     print("|---" * (len(tasks_seen) + 1) + "|")
     for c in criteria:
         cells = []
@@ -66,8 +83,12 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-table", action="store_true")
     ap.add_argument("--tasks", default="mrpc,cola,sst2,rte")
-    ap.add_argument("--sweep-dir", type=Path, default=None,
-                    help="report an existing cpu_table1 multirun dir instead of running it")
+    ap.add_argument(
+        "--sweep-dir",
+        type=Path,
+        default=None,
+        help="report an existing cpu_table1 multirun dir instead of running it",
+    )
     ap.add_argument("--extra", default="", help="more Hydra overrides for the sweep")
     ap.add_argument("--n-jobs", type=int, default=2)
     a = ap.parse_args()

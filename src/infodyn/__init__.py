@@ -1,2 +1,3 @@
 """infodyn: entropy rate and redundancy of transformer layers during fine-tuning."""
+
 __version__ = "0.1.0"

@@ -16,10 +16,25 @@ from conftest import CONF_DIR
 from infodyn.pipeline import run
 
 RESULT_KEYS = {
-    "task", "model", "seed", "pruner", "metrics", "num_layers", "num_parameters",
-    "wall_time_s", "config_path", "layer_scores", "pruned_layers", "num_layers_before",
-    "num_layers_after", "num_parameters_before", "num_parameters_after", "throughput",
-    "profiles", "status", "main_metric",
+    "task",
+    "model",
+    "seed",
+    "pruner",
+    "metrics",
+    "num_layers",
+    "num_parameters",
+    "wall_time_s",
+    "config_path",
+    "layer_scores",
+    "pruned_layers",
+    "num_layers_before",
+    "num_layers_after",
+    "num_parameters_before",
+    "num_parameters_after",
+    "throughput",
+    "profiles",
+    "status",
+    "main_metric",
 }
 PRUNERS = sorted(p.stem for p in (CONF_DIR / "pruner").glob("*.yaml"))
 
@@ -28,9 +43,14 @@ def results(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
 
 
-@pytest.mark.parametrize(("task", "metrics"), [
-    ("sst2", {"accuracy"}), ("stsb", {"pearson", "spearman"}), ("mrpc", {"f1", "accuracy"}),
-])
+@pytest.mark.parametrize(
+    ("task", "metrics"),
+    [
+        ("sst2", {"accuracy"}),
+        ("stsb", {"pearson", "spearman"}),
+        ("mrpc", {"f1", "accuracy"}),
+    ],
+)
 def test_fast_dev_run_classification_and_regression(tiny_cfg, task, metrics) -> None:
     cfg = tiny_cfg(f"task={task}", "pruner=none", "trainer.fast_dev_run=true")
     value = run(cfg)
@@ -116,13 +136,33 @@ def test_lora_tracks_profiles_too(tiny_cfg) -> None:
 
 
 def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
-    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "GLUE_DIR": str(glue_dir),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PROJECT_ROOT": str(tmp_path),
+        "GLUE_DIR": str(glue_dir),
+        "HF_HUB_OFFLINE": "1",
+    }
     out = subprocess.run(
-        [sys.executable, "-m", "infodyn", "task=cola", "model=roberta_tiny", "trainer=cpu",
-         "logger=csv", "pruner=last_k", "pruner.k=1", "data.batch_size=4",
-         "stages.finetune_epochs=1", "stages.recover_epochs=1", "run.throughput_batches=1"],
-        capture_output=True, text=True, cwd=CONF_DIR.parent, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "infodyn",
+            "task=cola",
+            "model=roberta_tiny",
+            "trainer=cpu",
+            "logger=csv",
+            "pruner=last_k",
+            "pruner.k=1",
+            "data.batch_size=4",
+            "stages.finetune_epochs=1",
+            "stages.recover_epochs=1",
+            "run.throughput_batches=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=CONF_DIR.parent,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "outputs/runs/cola/roberta_tiny/last_k/seed=0"
@@ -159,21 +199,45 @@ def test_criteria_share_one_finetune_stage(tiny_cfg, tmp_path, monkeypatch) -> N
     cfg_ld = tiny_cfg(*common, "pruner=layerdrop")
     cfg_no = tiny_cfg(*common, "pruner=none")
     assert finetune_key(cfg_ld, "layerdrop", cfg_ld.pruner, {}) != finetune_key(
-        cfg_no, "none", cfg_no.pruner, {})
+        cfg_no, "none", cfg_no.pruner, {}
+    )
     assert finetune_key(cfg_no, "none", cfg_no.pruner, {}) == finetune_key(
-        tiny_cfg(*common, "pruner=slimllm"), "slimllm", cfg_no.pruner, {})
+        tiny_cfg(*common, "pruner=slimllm"), "slimllm", cfg_no.pruner, {}
+    )
 
 
 @pytest.mark.slow
 def test_ddp_runs_the_whole_pipeline_on_two_cpu_processes(tmp_path, glue_dir) -> None:
-    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "GLUE_DIR": str(glue_dir),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PROJECT_ROOT": str(tmp_path),
+        "GLUE_DIR": str(glue_dir),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     out = subprocess.run(
-        [sys.executable, "-m", "infodyn", "task=mrpc", "model=roberta_tiny", "trainer=ddp",
-         "trainer.accelerator=cpu", "logger=none", "pruner=redundancy", "pruner.k=2",
-         "data.batch_size=4", "stages.finetune_epochs=2", "stages.recover_epochs=1",
-         "run.throughput_batches=1", "data.calibration_size=8"],
-        capture_output=True, text=True, cwd=CONF_DIR.parent, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "infodyn",
+            "task=mrpc",
+            "model=roberta_tiny",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "logger=none",
+            "pruner=redundancy",
+            "pruner.k=2",
+            "data.batch_size=4",
+            "stages.finetune_epochs=2",
+            "stages.recover_epochs=1",
+            "run.throughput_batches=1",
+            "data.calibration_size=8",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=CONF_DIR.parent,
+        env=env,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     res = results(tmp_path / "outputs/runs/mrpc/roberta_tiny/redundancy/seed=0")

@@ -14,38 +14,70 @@ from pathlib import Path
 from conftest import CONF_DIR
 
 REPO = CONF_DIR.parent
-TINY = ["model=roberta_tiny", "logger=none", "seed=0", "stages.finetune_epochs=1",
-        "stages.recover_epochs=1", "data.batch_size=4", "data.train_limit=16",
-        "data.eval_limit=8", "data.calibration_size=8", "run.throughput_batches=1",
-        "pruner.k=1"]
+TINY = [
+    "model=roberta_tiny",
+    "logger=none",
+    "seed=0",
+    "stages.finetune_epochs=1",
+    "stages.recover_epochs=1",
+    "data.batch_size=4",
+    "data.train_limit=16",
+    "data.eval_limit=8",
+    "data.calibration_size=8",
+    "run.throughput_batches=1",
+    "pruner.k=1",
+]
 
 
 def _env(tmp_path: Path, glue_dir: Path) -> dict[str, str]:
     real = os.environ.get("GLUE_DIR")
-    return {**os.environ, "PROJECT_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",
-            # real GLUE files when CI provides them (train_limit keeps it small)
-            "GLUE_DIR": real if real and Path(real, "MRPC").is_dir() else str(glue_dir)}
+    return {
+        **os.environ,
+        "PROJECT_ROOT": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        # real GLUE files when CI provides them (train_limit keeps it small)
+        "GLUE_DIR": real if real and Path(real, "MRPC").is_dir() else str(glue_dir),
+    }
 
 
 def _results(root: Path) -> dict[str, dict]:
-    return {str(p.parent.relative_to(root)): json.loads(p.read_text())
-            for p in root.rglob("results.json")}
+    return {
+        str(p.parent.relative_to(root)): json.loads(p.read_text())
+        for p in root.rglob("results.json")
+    }
 
 
 def test_cpu_table1_runs_under_local_parallel_and_reports(tmp_path, glue_dir) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "infodyn", "-m", "sweep=cpu_table1",
-         "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "task=mrpc,cola",
-         "pruner=none,redundancy", *TINY],
-        capture_output=True, text=True, cwd=REPO, env=_env(tmp_path, glue_dir), timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "infodyn",
+            "-m",
+            "sweep=cpu_table1",
+            "hydra/launcher=local_parallel",
+            "hydra.launcher.n_jobs=2",
+            "task=mrpc,cola",
+            "pruner=none,redundancy",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_env(tmp_path, glue_dir),
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     sweep_dir = tmp_path / "outputs/multirun/cpu_table1"
     res = _results(sweep_dir)
     assert len(res) == 4 and all(r["status"] == "complete" for r in res.values())
     assert {(r["task"], r["pruner"]) for r in res.values()} == {
-        ("mrpc", "none"), ("mrpc", "redundancy"), ("cola", "none"), ("cola", "redundancy")}
+        ("mrpc", "none"),
+        ("mrpc", "redundancy"),
+        ("cola", "none"),
+        ("cola", "redundancy"),
+    }
     assert all(r["sweep"] == "cpu_table1" for r in res.values())
     assert all("/seed=0" in key for key in res)
     # the criteria of a (task, seed) shared one fine-tuned model
@@ -55,7 +87,10 @@ def test_cpu_table1_runs_under_local_parallel_and_reports(tmp_path, glue_dir) ->
 
     rep = subprocess.run(
         [sys.executable, "-m", "infodyn.report", str(sweep_dir), "--out", str(tmp_path / "rep")],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert rep.returncode == 0, rep.stderr[-3000:]
     table = (tmp_path / "rep/table1.md").read_text()
@@ -64,12 +99,26 @@ def test_cpu_table1_runs_under_local_parallel_and_reports(tmp_path, glue_dir) ->
 
 
 def test_killed_sweep_rerun_finishes_only_the_missing_jobs(tmp_path, glue_dir) -> None:
-    cmd = [sys.executable, "-m", "infodyn", "-m", "sweep=cpu_table1", "task=rte",
-           "pruner=none,last_k,random", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "infodyn",
+        "-m",
+        "sweep=cpu_table1",
+        "task=rte",
+        "pruner=none,last_k,random",
+        *TINY,
+    ]
     env = _env(tmp_path, glue_dir)
     sweep_dir = tmp_path / "outputs/multirun/cpu_table1"
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and len(_results(sweep_dir)) < 1:
@@ -78,8 +127,7 @@ def test_killed_sweep_rerun_finishes_only_the_missing_jobs(tmp_path, glue_dir) -
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the basic launcher runs jobs one after another
         proc.wait()
-    done = {k: (sweep_dir / k / "results.json").stat().st_mtime_ns
-            for k in _results(sweep_dir)}
+    done = {k: (sweep_dir / k / "results.json").stat().st_mtime_ns for k in _results(sweep_dir)}
     assert 1 <= len(done) < 3, "the sweep was meant to be killed halfway"
 
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)

@@ -364,13 +364,21 @@ def test_job_profiles_and_fig1_go_to_its_wandb_run(tmp_path) -> None:
             self.logged.update(data)
 
     results = {
-        "task": "mrpc", "model": "minilm_l6", "seed": 0, "pruned_layers": [2, 3],
-        "num_layers_after": 4, "metrics": {"final": {"f1": 0.8, "accuracy": 0.7}},
+        "task": "mrpc",
+        "model": "minilm_l6",
+        "seed": 0,
+        "pruned_layers": [2, 3],
+        "num_layers_after": 4,
+        "metrics": {"final": {"f1": 0.8, "accuracy": 0.7}},
         "profiles": {
             "indexing": "0-based block index",
-            "finetune": {"cosine": {"layers": [0, 1, 2], "redundancy": [[0.1, 0.3, 0.2],
-                                                                     [0.1, 0.35, 0.2]],
-                                    "num_batches": [5.0, 5.0]}},
+            "finetune": {
+                "cosine": {
+                    "layers": [0, 1, 2],
+                    "redundancy": [[0.1, 0.3, 0.2], [0.1, 0.35, 0.2]],
+                    "num_batches": [5.0, 5.0],
+                }
+            },
         },
     }
     run = FakeRun()
