@@ -414,7 +414,7 @@ def build_trainer(
     cfg: DictConfig, max_epochs: int, callbacks: list, loggers: list, ckpt_dir: Path | None
 ) -> Any:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
     from infodyn.progress import progress_callbacks
 
@@ -465,7 +465,7 @@ def build_trainer(
         enable_checkpointing=ckpt_dir is not None,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        enable_progress_bar=any(type(c).__name__ == "TQDMProgressBar" for c in cbs),
+        enable_progress_bar=any(isinstance(c, TQDMProgressBar) for c in cbs),
         default_root_dir=str(ckpt_dir.parent if ckpt_dir else "."),
     )
     if t.get("fast_dev_run"):

@@ -244,3 +244,10 @@ def test_ddp_runs_the_whole_pipeline_on_two_cpu_processes(tmp_path, glue_dir) ->
     assert res["status"] == "complete" and len(res["pruned_layers"]) == 2
     prof = res["profiles"]["finetune"]["cosine"]
     assert len(prof["redundancy"]) == 2 and all(len(r) == 4 for r in prof["redundancy"])
+
+
+def test_progress_bar_on_a_terminal(tiny_cfg) -> None:
+    # enable_progress_bar=true is what a TTY selects; the bar shows stage and epoch
+    cfg = tiny_cfg("task=sst2", "pruner=last_k", "pruner.k=1", "trainer.enable_progress_bar=true")
+    run(cfg)
+    assert results(cfg.run_dir)["status"] == "complete"
