@@ -411,8 +411,17 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: Mapping[str, str]) -> l
 
 
 def build_trainer(
-    cfg: DictConfig, max_epochs: int, callbacks: list, loggers: list, ckpt_dir: Path | None
+    cfg: DictConfig,
+    max_epochs: int,
+    callbacks: list,
+    loggers: list,
+    ckpt_dir: Path | None,
+    evaluation: bool = False,
 ) -> Any:
+    """A Lightning Trainer from `cfg.trainer`. `evaluation=True` (validation only): every DDP
+    process sees the whole dev set rather than a DistributedSampler shard padded with repeated
+    samples; the metrics' cross-process sums then count each example once per process, which
+    leaves every ratio metric (accuracy, F1, Matthews, Pearson, Spearman) exactly as on one."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
@@ -467,6 +476,7 @@ def build_trainer(
         num_sanity_val_steps=0,
         enable_progress_bar=any(isinstance(c, TQDMProgressBar) for c in cbs),
         default_root_dir=str(ckpt_dir.parent if ckpt_dir else "."),
+        use_distributed_sampler=not evaluation,
     )
     if t.get("fast_dev_run"):
         kwargs["limit_train_batches"] = 2
@@ -873,7 +883,7 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modu
         ft_ckpt = run_dir / "checkpoints" / "finetune" / "last.ckpt"
         if ft and usable_checkpoint(ft_ckpt):
             module = _load_module(ft_ckpt, split_names)
-            trainer = build_trainer(cfg, 1, [], loggers, None)
+            trainer = build_trainer(cfg, 1, [], loggers, None, evaluation=True)
         else:
             if layerdrop_p > 0:
                 from infodyn.pruners.layerdrop import apply_layerdrop
@@ -943,7 +953,7 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modu
         )
         before = eval_throughput(full_model, batches, device)
         after = eval_throughput(rec_module.model.to(device), batches, device)
-        trainer = build_trainer(cfg, 1, [], loggers, None)
+        trainer = build_trainer(cfg, 1, [], loggers, None, evaluation=True)
         pr = {
             "metrics": evaluate(trainer, rec_module, dm),
             "throughput": {
@@ -978,7 +988,7 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modu
     profiles.update(rc.get("profiles", {}))
 
     # final ------------------------------------------------------------------------------------
-    trainer = build_trainer(cfg, 1, [], loggers, None)
+    trainer = build_trainer(cfg, 1, [], loggers, None, evaluation=True)
     results["metrics"]["final"] = evaluate(trainer, rec_module, dm)
     if epochs > 0:
         results["metrics"]["recover"] = dict(results["metrics"]["final"])
