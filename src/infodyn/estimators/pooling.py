@@ -54,7 +54,7 @@ def pool(hidden: Tensor, mask: Tensor | None, how: str = "mean") -> Tensor:
         # a masked where() would first copy all of [B, T, D] (this runs every training step).
         weights = real.to(hidden.dtype)
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1)
-        pooled = torch.einsum("btd,bt->bd", hidden, weights)
+        pooled = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1)  # [B,1,T] @ [B,T,D]
         if torch.isfinite(pooled).all():
             return pooled
         # 0 * NaN = NaN: padding holding NaN/inf must still never leak in (rare path).
