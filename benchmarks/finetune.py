@@ -70,16 +70,14 @@ class _Timer(pl.Callback):
             self.examples += batch["input_ids"].shape[0]
 
 
-def lightning_throughput(cfg, dm, batches: list[dict]) -> float:
-    """Examples/s of infodyn's training loop (module + callback + Lightning) on `batches`."""
+def our_trainer(cfg, epochs: int) -> tuple[pl.Trainer, _Timer]:
+    """infodyn's training loop as users run it (cosine estimator on), with a step timer."""
     from infodyn.estimators.callback import LayerDynamicsCallback
 
-    pl.seed_everything(0)
-    module = build_module(cfg, dm.eval_split_names)
     timer = _Timer()
     trainer = pl.Trainer(
         accelerator="cpu",
-        max_epochs=1,
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -88,6 +86,15 @@ def lightning_throughput(cfg, dm, batches: list[dict]) -> float:
         gradient_clip_val=1.0,
         callbacks=[LayerDynamicsCallback(build_estimators(cfg)), timer],
     )
+    return trainer, timer
+
+
+def lightning_throughput(cfg, dm, batches: list[dict]) -> float:
+    """Examples/s of infodyn's training loop (module + callback + Lightning) on `batches`."""
+
+    pl.seed_everything(0)
+    module = build_module(cfg, dm.eval_split_names)
+    trainer, timer = our_trainer(cfg, 1)
     from torch.utils.data import DataLoader
 
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
@@ -186,23 +193,11 @@ def main() -> None:
             )
             metrics, wall = {}, 0.0
             if not a.skip_metrics:
-                from infodyn.estimators.callback import LayerDynamicsCallback
                 from infodyn.pipeline import evaluate
 
                 pl.seed_everything(int(cfg.seed))
                 module = build_module(cfg, dm.eval_split_names)
-                timer = _Timer()
-                trainer = pl.Trainer(
-                    accelerator="cpu",
-                    max_epochs=a.epochs,
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                    num_sanity_val_steps=0,
-                    gradient_clip_val=1.0,
-                    callbacks=[LayerDynamicsCallback(build_estimators(cfg)), timer],
-                )
+                trainer, timer = our_trainer(cfg, a.epochs)
                 start = time.time()
                 trainer.fit(module, train_dataloaders=dm.train_dataloader())
                 wall = time.time() - start

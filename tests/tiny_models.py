@@ -9,6 +9,7 @@ from transformers import (
     GPT2Config,
     LlamaConfig,
     RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 ARCHS = ("roberta", "bert", "gpt2", "llama")
@@ -35,3 +36,19 @@ def tiny(arch: str, layers: int = 4):
         )  # fmt: skip
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_config(cfg).eval()
+
+
+def tiny_roberta(seed: int = 0, num_layers: int = 4) -> RobertaForSequenceClassification:
+    """Tiny RoBERTa classifier without dropout: its training forwards are deterministic."""
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=2,
+    )
+    return RobertaForSequenceClassification(config)

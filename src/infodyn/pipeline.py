@@ -882,7 +882,7 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modu
         ft = read_json(stages_dir / "finetune.json")
         ft_ckpt = run_dir / "checkpoints" / "finetune" / "last.ckpt"
         if ft and usable_checkpoint(ft_ckpt):
-            module = _load_module(ft_ckpt, split_names)
+            module = _load_module(ft_ckpt)
             trainer = build_trainer(cfg, 1, [], loggers, None, evaluation=True)
         else:
             if layerdrop_p > 0:
@@ -974,7 +974,7 @@ def _run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modu
     epochs = int(cfg.stages.recover_epochs)
     if rc and (epochs == 0 or usable_checkpoint(rc_ckpt)):
         if epochs > 0:
-            rec_module = _load_module(rc_ckpt, split_names)
+            rec_module = _load_module(rc_ckpt)
     elif epochs > 0:
         rec_estimators = build_estimators(cfg)
         trainer, callback = _fit_stage(
@@ -1021,7 +1021,7 @@ def _copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
         )
 
 
-def _load_module(path: Path, split_names: list[str]) -> Any:
+def _load_module(path: Path) -> Any:
     from infodyn.module import GlueClassifier
 
     return GlueClassifier.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
@@ -1055,19 +1055,12 @@ def _scores(cfg, pruner, estimators, profiles, module, dm, k) -> torch.Tensor:
 def _export(cfg: DictConfig, run_dir: Path, module: Any, dm: Any) -> None:
     if not cfg.run.get("export_pruned_model", True):
         return
+    import copy
+
     from infodyn.module import unwrap_hf_model
     from infodyn.pruners.surgery import export_pruned
 
-    model = unwrap_hf_model(copy_for_export(module.model))
-    model.config.output_hidden_states = False
-    export_pruned(model, dm.tokenizer, run_dir / "model")
-
-
-def copy_for_export(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).cpu()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run `python -m infodyn` instead")
+    # a copy: merging LoRA must not change the module the caller still holds
+    export_pruned(
+        unwrap_hf_model(copy.deepcopy(module.model).cpu()), dm.tokenizer, run_dir / "model"
+    )

@@ -22,30 +22,20 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from transformers import RobertaConfig, RobertaForSequenceClassification
+from transformers import RobertaForSequenceClassification
 
 from infodyn.estimators.callback import INDEXING, LayerDynamicsCallback
 from infodyn.estimators.cosine import CosineRedundancy, redundancy_score
 from infodyn.estimators.gaussian import GaussianEntropyRate
 from infodyn.estimators.knowledge_entropy import KnowledgeEntropy
+from tiny_models import tiny_roberta
 
 NUM_LAYERS = 4
 TOL = 1e-6
 
 
 def tiny_model(seed: int = 0) -> RobertaForSequenceClassification:
-    torch.manual_seed(seed)
-    config = RobertaConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4,
-        intermediate_size=37,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=2,
-    )
-    return RobertaForSequenceClassification(config)
+    return tiny_roberta(seed, NUM_LAYERS)
 
 
 def random_examples(

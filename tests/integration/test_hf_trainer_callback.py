@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import (
-    RobertaConfig,
     RobertaForSequenceClassification,
     Trainer,
     TrainingArguments,
@@ -23,23 +22,13 @@ from infodyn.estimators.cosine import CosineRedundancy, redundancy_score
 from infodyn.estimators.gaussian import GaussianEntropyRate
 from infodyn.estimators.hf_trainer import LayerDynamicsTrainerCallback
 from infodyn.estimators.knowledge_entropy import KnowledgeEntropy
+from tiny_models import tiny_roberta
 
 NUM_LAYERS, N_TRAIN, BATCH = 4, 16, 4
 
 
-def tiny_model() -> RobertaForSequenceClassification:
-    torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4,
-        intermediate_size=37,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=2,
-    )
-    return RobertaForSequenceClassification(config)
+def tiny_model(seed: int = 0) -> RobertaForSequenceClassification:
+    return tiny_roberta(seed, NUM_LAYERS)
 
 
 def random_examples(n: int, length: int = 12, seed: int = 1) -> list[dict[str, torch.Tensor]]:

@@ -1,9 +1,10 @@
 """`LayerDynamicsCallback`: runs layer estimators live during training, in any Lightning project.
 
 Hidden states come from the *training* forward itself: a forward hook on the HF model captures
-`outputs.hidden_states` (requested by setting `config.output_hidden_states` for training batches
-only) and the `attention_mask` keyword; no second forward pass. Knowledge entropy reads the FFN's
-post-nonlinearity activations through forward-pre-hooks on each block's output projection.
+`outputs.hidden_states` (requested per training call by a forward pre-hook; the model's config
+is never changed) and the `attention_mask` keyword; no second forward pass. Knowledge entropy
+reads the FFN's post-nonlinearity activations through forward-pre-hooks on each block's output
+projection.
 Probe estimators (`gaussian`, `exact`) run a fixed probe set once before training (the reference
 X^0, i.e. the pretrained model) and once at every epoch end.
 
@@ -85,9 +86,6 @@ class ActivationTap:
         self.want_hidden, self.want_ffn = want_hidden, want_ffn
         self.consumer = consumer
         self.active = False
-        self._user_output_hidden_states = bool(
-            getattr(hf_model.config, "output_hidden_states", False)
-        )
         self.incomplete_ffn_batches = 0
         self.ffn: dict[int, Tensor] = {}
         self.num_blocks = 0
@@ -125,8 +123,8 @@ class ActivationTap:
             self.consumer(hidden, ffn, mask.detach())
 
     def _request_hidden(self, module: nn.Module, args: Any, kwargs: dict) -> Any:
-        # Per call as well as via the config: peft passes the flag explicitly (None), which
-        # overrides config.output_hidden_states.
+        # Per call, not via config.output_hidden_states: peft passes the flag explicitly
+        # (None), which would override the config, and eval forwards must not return states.
         if self.active and self.want_hidden and module.training:
             return args, {**kwargs, "output_hidden_states": True}
         return None
@@ -140,13 +138,9 @@ class ActivationTap:
 
     def start(self) -> None:
         self.active = True
-        if self.want_hidden:
-            self.hf_model.config.output_hidden_states = True
 
     def stop(self) -> None:
         self.active = False
-        # Restore the user's setting rather than forcing False (eval code may rely on it).
-        self.hf_model.config.output_hidden_states = self._user_output_hidden_states
 
     def remove(self) -> None:
         for handle in self._handles:
