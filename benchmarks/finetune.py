@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 
-from infodyn.pipeline import build_datamodule, build_estimators, build_module  # noqa: E402
+from infodyn.builders import build_datamodule, build_estimators, build_module  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -193,7 +193,7 @@ def main() -> None:
             )
             metrics, wall = {}, 0.0
             if not a.skip_metrics:
-                from infodyn.pipeline import evaluate
+                from infodyn.stages import evaluate
 
                 pl.seed_everything(int(cfg.seed))
                 module = build_module(cfg, dm.eval_split_names)

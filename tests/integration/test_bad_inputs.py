@@ -18,6 +18,7 @@ from omegaconf import open_dict
 
 from infodyn import pipeline
 from infodyn.data import DataConfigError
+from infodyn.errors import ConfigError, user_errors
 from infodyn.models import ModelConfigError
 from infodyn.pruners.base import PrunerConfigError
 
@@ -78,19 +79,19 @@ DATA_FAULTS = [
 
 # (overrides, exception type, words the message must hold: the input, then the fix)
 CONFIG_FAULTS = [
-    (["data.batch_size=0"], pipeline.ConfigError, ["data.batch_size", "Fix"]),
-    (["data.batch_size=abc"], pipeline.ConfigError, ["data.batch_size", "Fix"]),
-    (["data.eval_batch_size=-3"], pipeline.ConfigError, ["data.eval_batch_size", "Fix"]),
+    (["data.batch_size=0"], ConfigError, ["data.batch_size", "Fix"]),
+    (["data.batch_size=abc"], ConfigError, ["data.batch_size", "Fix"]),
+    (["data.eval_batch_size=-3"], ConfigError, ["data.eval_batch_size", "Fix"]),
     (["data.max_seq_length=100000"], ValueError, ["data.max_seq_length", "Fix"]),
-    (["data.max_seq_length=2"], pipeline.ConfigError, ["data.max_seq_length", "Fix"]),
-    (["data.train_limit=0"], pipeline.ConfigError, ["data.train_limit", "Fix"]),
-    (["data.calibration_size=0"], pipeline.ConfigError, ["data.calibration_size", "Fix"]),
-    (["optim.lr=-1"], pipeline.ConfigError, ["optim.lr", "Fix"]),
-    (["optim.lr=fast"], pipeline.ConfigError, ["optim.lr", "Fix"]),
-    (["optim.warmup_ratio=1.5"], pipeline.ConfigError, ["optim.warmup_ratio", "Fix"]),
-    (["stages.finetune_epochs=0"], pipeline.ConfigError, ["stages.finetune_epochs", "Fix"]),
-    (["stages.recover_epochs=-1"], pipeline.ConfigError, ["stages.recover_epochs", "Fix"]),
-    (["seed=-5"], pipeline.ConfigError, ["seed", "Fix"]),
+    (["data.max_seq_length=2"], ConfigError, ["data.max_seq_length", "Fix"]),
+    (["data.train_limit=0"], ConfigError, ["data.train_limit", "Fix"]),
+    (["data.calibration_size=0"], ConfigError, ["data.calibration_size", "Fix"]),
+    (["optim.lr=-1"], ConfigError, ["optim.lr", "Fix"]),
+    (["optim.lr=fast"], ConfigError, ["optim.lr", "Fix"]),
+    (["optim.warmup_ratio=1.5"], ConfigError, ["optim.warmup_ratio", "Fix"]),
+    (["stages.finetune_epochs=0"], ConfigError, ["stages.finetune_epochs", "Fix"]),
+    (["stages.recover_epochs=-1"], ConfigError, ["stages.recover_epochs", "Fix"]),
+    (["seed=-5"], ConfigError, ["seed", "Fix"]),
     (["pruner=redundancy", "pruner.k=-1"], ValueError, ["pruner.k", "Fix"]),
     (["pruner=redundancy", "pruner.k=99"], PrunerConfigError, ["pruner.k=99", "Fix"]),
     (
@@ -110,10 +111,10 @@ CONFIG_FAULTS = [
     ),
     (
         ["pruner=redundancy", "pruner.reduce=median"],
-        pipeline.ConfigError,
+        ConfigError,
         ["pruner.reduce", "Fix"],
     ),
-    (["pruner=redundancy", "pruner.estimator=nope"], pipeline.ConfigError, ["nope", "Fix"]),
+    (["pruner=redundancy", "pruner.estimator=nope"], ConfigError, ["nope", "Fix"]),
     (["estimator.cosine.pooling=max"], ValueError, ["estimator.cosine", "max", "Fix"]),
     (
         ["estimator=[gaussian]", "estimator.gaussian.k=0"],
@@ -121,19 +122,19 @@ CONFIG_FAULTS = [
         ["estimator.gaussian", "Fix"],
     ),
     (["estimator=[exact]", "estimator.exact.bins=100000"], ValueError, ["estimator.exact", "Fix"]),
-    (["finetune=lora", "finetune.r=0"], pipeline.ConfigError, ["finetune.r", "Fix"]),
-    (["finetune=lora", "finetune.dropout=1.5"], pipeline.ConfigError, ["finetune.dropout", "Fix"]),
-    (["trainer.precision=bogus"], pipeline.ConfigError, ["trainer.precision", "Fix"]),
-    (["trainer.accumulate_grad_batches=0"], pipeline.ConfigError, ["accumulate_grad", "Fix"]),
-    (["logger.name=bogus"], pipeline.ConfigError, ["logger", "Fix"]),
+    (["finetune=lora", "finetune.r=0"], ConfigError, ["finetune.r", "Fix"]),
+    (["finetune=lora", "finetune.dropout=1.5"], ConfigError, ["finetune.dropout", "Fix"]),
+    (["trainer.precision=bogus"], ConfigError, ["trainer.precision", "Fix"]),
+    (["trainer.accumulate_grad_batches=0"], ConfigError, ["accumulate_grad", "Fix"]),
+    (["logger.name=bogus"], ConfigError, ["logger", "Fix"]),
     (
         ["model=roberta_base", "model.name_or_path=/does/not/exist"],
         ModelConfigError,
         ["/does/not/exist", "Fix"],
     ),
-    (["model.config.vocab_size=50"], pipeline.ConfigError, ["vocab_size", "Fix"]),
-    (["model.name=../../escape"], pipeline.ConfigError, ["model.name", "Fix"]),
-    (["task.name=a/b"], pipeline.ConfigError, ["task.name", "Fix"]),
+    (["model.config.vocab_size=50"], ConfigError, ["vocab_size", "Fix"]),
+    (["model.name=../../escape"], ConfigError, ["model.name", "Fix"]),
+    (["task.name=a/b"], ConfigError, ["task.name", "Fix"]),
 ]
 
 
@@ -162,7 +163,7 @@ def test_bad_config_fails_before_training(
     cfg = tiny_cfg(*MRPC, *overrides)
     with pytest.raises(exc) as info:
         pipeline.run(cfg)
-    assert isinstance(info.value, pipeline.user_errors()), type(info.value)
+    assert isinstance(info.value, user_errors()), type(info.value)
     _check_message(info.value, words)
     _assert_nothing_trained(Path(cfg.run_dir))
 
@@ -191,7 +192,7 @@ def test_glue_dir_that_does_not_exist(tiny_cfg: Callable, tmp_path: Path) -> Non
 
 def test_run_dir_with_dotdot_is_refused(tiny_cfg: Callable, tmp_path: Path) -> None:
     cfg = tiny_cfg(*MRPC, f"run_dir={tmp_path}/a/../../escaped")
-    with pytest.raises(pipeline.ConfigError, match=r"run_dir=.*'\.\.'.*Fix"):
+    with pytest.raises(ConfigError, match=r"run_dir=.*'\.\.'.*Fix"):
         pipeline.run(cfg)
     assert not (tmp_path.parent / "escaped").exists()
 

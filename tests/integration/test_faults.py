@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from infodyn import pipeline
+from infodyn import checkpoints, pipeline
+from infodyn.errors import TrainingDivergedError
 from infodyn.estimators.callback import feed_estimators
 from infodyn.estimators.cosine import CosineRedundancy
 from infodyn.estimators.knowledge_entropy import KnowledgeEntropy
@@ -92,9 +93,9 @@ def test_outputs_leave_no_temp_files(finished_run: tuple[Path, dict]) -> None:
 
 def test_atomic_write_json_keeps_old_file_on_failure(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
-    pipeline.atomic_write_json(path, {"a": 1})
+    checkpoints.atomic_write_json(path, {"a": 1})
     with pytest.raises(ValueError):
-        pipeline.atomic_write_json(path, {"a": math.nan})  # allow_nan=False
+        checkpoints.atomic_write_json(path, {"a": math.nan})  # allow_nan=False
     assert load(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
@@ -151,10 +152,10 @@ def test_usable_checkpoint_removes_garbage(
     bad = tmp_path / "last.ckpt"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with caplog.at_level(logging.WARNING, logger="infodyn"):
-        assert pipeline.usable_checkpoint(bad) is None
+        assert checkpoints.usable_checkpoint(bad) is None
     assert not bad.exists()
     assert str(bad) in caplog.text
-    assert pipeline.usable_checkpoint(tmp_path / "absent.ckpt") is None
+    assert checkpoints.usable_checkpoint(tmp_path / "absent.ckpt") is None
 
 
 # -- NaN / inf
@@ -177,7 +178,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
 ) -> None:
     _nan_from_step(monkeypatch, 8)  # 24 rows / batch 4 = 6 steps per epoch: step 8 is epoch 1
     cfg = tiny_cfg(*RUN)
-    with pytest.raises(pipeline.TrainingDivergedError) as info:
+    with pytest.raises(TrainingDivergedError) as info:
         pipeline.run(cfg)
     text = str(info.value)
     assert "stage finetune" in text and "global step 8" in text and "last.ckpt" in text

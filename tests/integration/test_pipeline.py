@@ -174,20 +174,20 @@ def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
 
 
 def test_criteria_share_one_finetune_stage(tiny_cfg, tmp_path, monkeypatch) -> None:
-    import infodyn.pipeline as pipeline
+    import infodyn.stages as stages
 
     common = ["task=mrpc", "run.share_finetune=true", f"paths.finetune_cache={tmp_path / 'ft'}"]
     run(tiny_cfg(*common, "pruner=none", f"run_dir={tmp_path / 'none'}"))
     entries = [p for p in (tmp_path / "ft").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / "checkpoints/finetune/last.ckpt").is_file()
 
-    real_fit = pipeline._fit_stage
+    real_fit = stages._fit_stage
 
     def no_second_finetune(cfg, run_dir, stage, *args, **kwargs):
         assert stage != "finetune", "the shared finetune stage was trained again"
         return real_fit(cfg, run_dir, stage, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_fit_stage", no_second_finetune)
+    monkeypatch.setattr(stages, "_fit_stage", no_second_finetune)
     run(tiny_cfg(*common, "pruner=redundancy", "pruner.k=1", f"run_dir={tmp_path / 'red'}"))
     base, red = results(tmp_path / "none"), results(tmp_path / "red")
     assert red["metrics"]["finetune"] == base["metrics"]["finetune"]

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from omegaconf import open_dict, read_write
 
-from infodyn import pipeline
+from infodyn import validation
+from infodyn.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "infodyn"
@@ -62,7 +63,7 @@ def test_every_torch_load_is_weights_only() -> None:
                 seen += 1
                 if not _is_true(_kw(call, "weights_only")):
                     bad.append(_where(path, call))
-    assert seen >= 2  # pipeline.usable_checkpoint and pipeline._load_module
+    assert seen >= 2  # checkpoints.usable_checkpoint and checkpoints.load_module
     assert bad == [], f"torch.load / load_from_checkpoint without weights_only=True: {bad}"
 
 
@@ -155,11 +156,11 @@ def test_run_dir_with_dotdot_is_refused(tmp_path: Path) -> None:
     cfg = compose_config(["model=roberta_tiny"])
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "runs" / ".." / ".." / "elsewhere")
-    with pytest.raises(pipeline.ConfigError, match=r"run_dir=.*'\.\.'"):
-        pipeline.check_output_dir(cfg, Path(cfg.run_dir))
+    with pytest.raises(ConfigError, match=r"run_dir=.*'\.\.'"):
+        validation.check_output_dir(cfg, Path(cfg.run_dir))
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "runs" / "fine")
-    pipeline.check_output_dir(cfg, Path(cfg.run_dir))
+    validation.check_output_dir(cfg, Path(cfg.run_dir))
 
 
 @pytest.mark.parametrize(
@@ -170,8 +171,8 @@ def test_names_used_as_directories_are_refused(key: str, value: str) -> None:
     from conftest import compose_config
 
     cfg = compose_config(["model=roberta_tiny", f"{key}='{value}'"])
-    with pytest.raises(pipeline.ConfigError, match=key):
-        pipeline.validate(cfg)
+    with pytest.raises(ConfigError, match=key):
+        validation.validate(cfg)
 
 
 def test_hydra_run_dir_with_dotdot_is_refused() -> None:
@@ -184,10 +185,10 @@ def test_hydra_run_dir_with_dotdot_is_refused() -> None:
         cfg.hydra.run.dir = "outputs/../../../tmp/escape"
     HydraConfig.instance().set_config(cfg)
     try:
-        with pytest.raises(pipeline.ConfigError, match=r"hydra\.run\.dir"):
-            pipeline.check_output_dir(cfg, Path("unused"))
+        with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):
+            validation.check_output_dir(cfg, Path("unused"))
         cfg = compose_config(["model=roberta_tiny"], return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
-        pipeline.check_output_dir(cfg, Path("unused"))
+        validation.check_output_dir(cfg, Path("unused"))
     finally:
         HydraConfig.instance().cfg = None
