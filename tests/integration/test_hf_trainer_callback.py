@@ -3,9 +3,18 @@
 With lr=0 and no dropout the weights never change, so each epoch's recorded values must equal
 the pure functions on the same batches: the mean per-batch `redundancy_score` of a plain
 forward, and knowledge entropy from forward hooks on each block's `intermediate` module.
+The resume tests train (lr > 0, deterministic) with checkpoints, resume a fresh Trainer and a
+fresh callback from one of them, and compare the profiles with the uninterrupted run's.
 """
 
 from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +29,7 @@ from transformers import (
 from infodyn.estimators.callback import INDEXING
 from infodyn.estimators.cosine import CosineRedundancy, redundancy_score
 from infodyn.estimators.gaussian import GaussianEntropyRate
-from infodyn.estimators.hf_trainer import LayerDynamicsTrainerCallback
+from infodyn.estimators.hf_trainer import STATE_FILE, LayerDynamicsTrainerCallback
 from infodyn.estimators.knowledge_entropy import KnowledgeEntropy
 from tiny_models import tiny_roberta
 
@@ -147,3 +156,178 @@ def test_profiles_equal_pure_functions_over_same_batches(tmp_path, accumulate):
 def test_probe_estimator_needs_a_probe_loader():
     with pytest.raises(ValueError, match="probe_dataloader"):
         LayerDynamicsTrainerCallback({"gaussian": GaussianEntropyRate(probe_size=8, k=2)})
+
+
+# -- checkpoint and resume
+
+
+def resume_callback(**kwargs) -> LayerDynamicsTrainerCallback:
+    probe = DataLoader(random_examples(8, seed=5), batch_size=4, collate_fn=default_data_collator)
+    return LayerDynamicsTrainerCallback(
+        {
+            "cosine": CosineRedundancy(),
+            "knowledge_entropy": KnowledgeEntropy(),
+            "gaussian": GaussianEntropyRate(probe_size=8, k=2),
+        },
+        probe_dataloader=probe,
+        **kwargs,
+    )
+
+
+def train(
+    output_dir: Path, callback, save_strategy: str, resume: Path | None = None, **overrides
+) -> None:
+    """2 epochs of 4 steps; lr > 0 so the weights (and the probe passes) change every step."""
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to=[],
+        num_train_epochs=2,
+        per_device_train_batch_size=BATCH,
+        learning_rate=1e-2,
+        save_strategy=save_strategy,
+        save_steps=2,
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **overrides,
+    )
+    trainer = InOrderTrainer(
+        model=tiny_model(),
+        args=args,
+        train_dataset=random_examples(N_TRAIN),
+        data_collator=default_data_collator,
+        callbacks=[callback],
+    )
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Callable[[str], tuple[Path, dict]]:
+    """save_strategy -> (output dir, profiles), each run once, when first asked for: "epoch"
+    saves after on_epoch_end (steps 4, 8), "steps" every 2 steps (2 = mid-epoch; 4 = an
+    epoch's last step, before on_epoch_end)."""
+    runs: dict[str, tuple[Path, dict]] = {}
+
+    def run(strategy: str) -> tuple[Path, dict]:
+        if strategy not in runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted_{strategy}")
+            callback = resume_callback()
+            train(out, callback, strategy)
+            runs[strategy] = (out, callback.profiles())
+        return runs[strategy]
+
+    return run
+
+
+def copy_checkpoint(src_run: Path, step: int, dest: Path) -> Path:
+    ckpt = dest / f"checkpoint-{step}"
+    shutil.copytree(src_run / f"checkpoint-{step}", ckpt)
+    return ckpt
+
+
+def assert_same_profiles(got: dict, want: dict, tol: float = 1e-6) -> None:
+    assert got.keys() == want.keys()
+    for key, series in want["finetune"].items():
+        assert got["finetune"][key].keys() == series.keys(), key
+        for name, per_epoch in series.items():
+            flat_got = torch.tensor(got["finetune"][key][name], dtype=torch.float64).flatten()
+            flat_want = torch.tensor(per_epoch, dtype=torch.float64).flatten()
+            assert flat_got.shape == flat_want.shape, (key, name)
+            assert torch.allclose(flat_got, flat_want, atol=tol, rtol=0, equal_nan=True), (
+                key,
+                name,
+            )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "step"),
+    [("epoch", 4), ("steps", 2), ("steps", 4), ("steps", 6)],
+    ids=["epoch-end", "mid-epoch-1", "last-step-of-epoch-1", "mid-epoch-2"],
+)
+def test_resumed_run_records_the_uninterrupted_profiles(tmp_path, uninterrupted, strategy, step):
+    run_dir, want = uninterrupted(strategy)
+    ckpt = run_dir / f"checkpoint-{step}"
+    assert (ckpt / STATE_FILE).is_file()
+    assert not list(ckpt.glob("*.tmp"))  # written under a temp name, then renamed
+    copy_checkpoint(run_dir, step, tmp_path)
+
+    callback = resume_callback()
+    train(tmp_path, callback, strategy, resume=tmp_path / f"checkpoint-{step}")
+
+    got = callback.profiles()
+    assert got["finetune"]["cosine"]["num_batches"] == [N_TRAIN // BATCH] * 2
+    assert got["finetune"]["knowledge_entropy"]["num_batches"] == [N_TRAIN // BATCH] * 2
+    assert (
+        want["finetune"]["gaussian"]["gaussian"][0] != want["finetune"]["gaussian"]["gaussian"][1]
+    )
+    assert_same_profiles(got, want)
+
+
+def test_resume_from_names_a_checkpoint_outside_output_dir(tmp_path, uninterrupted):
+    run_dir, want = uninterrupted("steps")
+    ckpt = copy_checkpoint(run_dir, 2, tmp_path / "elsewhere")
+
+    callback = resume_callback(resume_from=ckpt)
+    train(tmp_path / "out", callback, "steps", resume=ckpt)
+
+    assert_same_profiles(callback.profiles(), want)
+
+
+def test_ignore_data_skip_drops_the_partial_epoch(tmp_path, uninterrupted):
+    run_dir, _ = uninterrupted("steps")
+    ckpt = copy_checkpoint(run_dir, 2, tmp_path)
+
+    callback = resume_callback()
+    train(tmp_path, callback, "steps", resume=ckpt, ignore_data_skip=True)
+
+    # The Trainer replays epoch 1 from its first batch (its 2 saved batches must not count
+    # twice), then stops at max_steps = 8, i.e. 2 batches into epoch 2.
+    assert callback.profiles()["finetune"]["cosine"]["num_batches"] == [4, 2]
+
+
+class Unsafe:
+    """Unpickling this calls os.mkdir(marker): what weights_only=True must refuse to do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_layout", "pickle", "missing"])
+def test_unreadable_state_warns_and_restarts_the_profiles(tmp_path, uninterrupted, caplog, damage):
+    run_dir, want = uninterrupted("epoch")
+    ckpt = copy_checkpoint(run_dir, 4, tmp_path)
+    path = ckpt / STATE_FILE
+    if damage == "garbage":
+        path.write_bytes(b"not a torch file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "wrong_layout":
+        torch.save({"history": [1, 2]}, path)
+    elif damage == "pickle":
+        torch.save({"format": 1, "history": Unsafe(tmp_path / "ran")}, path)
+    else:
+        path.unlink()
+
+    callback = resume_callback()
+    with caplog.at_level(logging.WARNING, logger="infodyn"):
+        train(tmp_path, callback, "epoch", resume=ckpt)
+
+    warnings = [r for r in caplog.records if str(path) in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert warnings[0].exc_info is None  # one line, no traceback
+    assert not (tmp_path / "ran").exists()  # weights_only=True: the pickled call never runs
+    got = callback.profiles()["finetune"]
+    # epoch 1 is lost; epoch 2 (the same batches on the same weights) is recorded afresh
+    assert got["cosine"]["num_batches"] == [N_TRAIN // BATCH]
+    assert all(
+        math.isclose(g, w, abs_tol=1e-6)
+        for g, w in zip(
+            got["cosine"]["redundancy"][0],
+            want["finetune"]["cosine"]["redundancy"][1],
+            strict=True,
+        )
+    )

@@ -24,16 +24,30 @@ Usage:
 Probe estimators (`GaussianEntropyRate`, `ExactEntropyRate`) need `probe_dataloader=`: a fixed,
 unshuffled loader of tokenized dicts (`input_ids`, `attention_mask`, ...). The model must be
 called with `attention_mask=` (the Trainer does this for tokenized datasets).
+
+Checkpoints: every HF checkpoint save writes the callback's state (history, probe references,
+the open epoch's running sums) to `<output_dir>/checkpoint-<step>/layer_dynamics.pt` (one
+`layer_dynamics_rank<i>.pt` per process under DDP, as the Trainer does for its RNG state), and
+`trainer.train(resume_from_checkpoint=...)` restores it, so a resumed run records the same
+profiles as an uninterrupted one. Transformers' own mechanism for callback state
+(`ExportableState`) does not fit: it stores JSON in `trainer_state.json`, is off unless
+`restore_callback_states_from_checkpoint=True`, and replaces the callback with a new instance
+built from JSON arguments (estimators and loaders are not JSON). A callback only learns the
+step it resumes at, so the checkpoint is taken to be `<output_dir>/checkpoint-<step>`, where
+the Trainer writes them; pass `resume_from=<checkpoint dir>` when resuming from elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from infodyn.estimators.callback import (
     INDEXING,
@@ -47,6 +61,55 @@ from infodyn.estimators.callback import (
 
 log = logging.getLogger("infodyn")
 
+STATE_FILE = "layer_dynamics.pt"
+STATE_FORMAT = 1
+
+
+def state_path(checkpoint_dir: str | os.PathLike, args: Any) -> str:
+    """This process's state file in `checkpoint_dir` (per process under DDP, as `rng_state`)."""
+    name = STATE_FILE if args.world_size <= 1 else f"layer_dynamics_rank{args.process_index}.pt"
+    return os.path.join(os.fspath(checkpoint_dir), name)
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """`obj` as nested dicts/lists of tensors, numbers, strings, None (what weights_only loads)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise TypeError(
+        f"layer-dynamics state {where} is a {type(obj).__name__}; a checkpoint holds only "
+        "tensors, numbers, strings and containers of them (it is read with weights_only=True). "
+        "Fix: make the estimator's state_dict()/get_extra_state() return only those."
+    )
+
+
+def _check_saved(saved: Any, global_step: int) -> None:
+    """Raise ValueError unless `saved` is a state file written at `global_step`."""
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+        raise ValueError(f"not a layer-dynamics state (format {STATE_FORMAT})")
+    if saved.get("global_step") != global_step:
+        raise ValueError(
+            f"written at global step {saved.get('global_step')}, but the Trainer resumes at "
+            f"step {global_step}"
+        )
+    types = {
+        "history": dict,
+        "reference_committed": dict,
+        "estimators": dict,
+        "update_counts": dict,
+        "epochs_recorded": int,
+        "open_epoch_batches": int,
+        "incomplete_ffn_batches": int,
+    }
+    for key, kind in types.items():
+        if not isinstance(saved.get(key), kind):
+            raise ValueError(f"entry {key!r} is missing or not a {kind.__name__}")
+
 
 class LayerDynamicsTrainerCallback(TrainerCallback):
     """Tracks every layer's estimator values at every epoch of an HF `Trainer` run.
@@ -56,6 +119,8 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         stage: label under which epochs are recorded in `profiles()`.
         probe_dataloader: fixed, unshuffled loader of tokenized dicts; required when a probe
             estimator (input_kind "probe") is given.
+        resume_from: the checkpoint folder a resumed run starts from, when it is not
+            `<output_dir>/checkpoint-<step>` (the folder given to `resume_from_checkpoint=`).
     """
 
     def __init__(
@@ -63,6 +128,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         estimators: Mapping[str, Any],
         stage: str = "finetune",
         probe_dataloader: Iterable | None = None,
+        resume_from: str | os.PathLike | None = None,
     ) -> None:
         self.estimators = check_estimators(estimators, stage)
         if self._kind("probe") and probe_dataloader is None:
@@ -72,11 +138,13 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
             )
         self.stage = stage
         self.probe_dataloader = probe_dataloader
+        self.resume_from = resume_from
         self.history: dict[str, dict[str, dict[str, Any]]] = {}
         self.reference_committed: dict[str, bool] = {k: False for k in self.estimators}
         self._tap: ActivationTap | None = None
         self._hf_model: nn.Module | None = None
         self._epoch = 0
+        self._epoch_batches = 0  # training batches fed since the last recorded epoch
 
     def _kind(self, kind: str) -> dict[str, Any]:
         return {k: e for k, e in self.estimators.items() if e.input_kind == kind}
@@ -86,6 +154,25 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         if probes and self._hf_model is not None:
             device = next(self._hf_model.parameters()).device
             run_probe(self._hf_model, self.probe_dataloader, probes, device)
+
+    def _feed(self, hidden: Any, ffn: Any, mask: Tensor) -> None:
+        self._epoch_batches += 1
+        feed_estimators(self.estimators, hidden, ffn, mask)
+
+    def _record_epoch(self) -> None:
+        if self._tap is not None:
+            self._tap.stop()  # an epoch ending on a partial accumulation group
+        self._probe()
+        self._epoch += 1
+        record_epoch(
+            self.history.setdefault(self.stage, {}),
+            self.estimators,
+            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
+            where=f"{self.stage} epoch {self._epoch}",
+        )
+        if self._tap is not None:
+            self._tap.incomplete_ffn_batches = 0
+        self._epoch_batches = 0
 
     # -- wiring
     def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
@@ -101,8 +188,16 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
             self._hf_model,
             want_hidden=bool(self._kind("hidden_states")),
             want_ffn=bool(self._kind("ffn_activations")),
-            consumer=lambda hidden, ffn, mask: feed_estimators(self.estimators, hidden, ffn, mask),
+            consumer=self._feed,
         )
+        if state.global_step > 0:  # a fresh TrainerState starts at 0: this run resumes
+            self._resume(args, state)
+        elif self.resume_from is not None:
+            log.warning(
+                "LayerDynamicsTrainerCallback: resume_from=%s is ignored: the Trainer starts "
+                "at step 0 (pass resume_from_checkpoint= to trainer.train() to resume).",
+                self.resume_from,
+            )
         pending = [k for k, e in self._kind("probe").items() if not self.reference_committed[k]]
         if pending:
             # X^t for the first epoch: the model's representations before training.
@@ -127,19 +222,106 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
 
     # -- per epoch
     def on_epoch_end(self, args, state, control, **kwargs) -> None:
-        if self._tap is not None:
-            self._tap.stop()  # an epoch ending on a partial accumulation group
-        self._probe()
-        self._epoch += 1
-        record_epoch(
-            self.history.setdefault(self.stage, {}),
-            self.estimators,
-            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
-            where=f"{self.stage} epoch {self._epoch}",
-        )
-        if self._tap is not None:
-            self._tap.incomplete_ffn_batches = 0
+        self._record_epoch()
 
     def profiles(self) -> dict[str, Any]:
         """{indexing, <stage>: {<estimator>: {layers, <series>: [per-epoch values]}}}."""
         return {"indexing": INDEXING, **self.history}
+
+    # -- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """`LayerDynamicsCallback.state_dict()`'s content plus the open epoch's counters."""
+        return {
+            "format": STATE_FORMAT,
+            "history": self.history,
+            "stage": self.stage,
+            "reference_committed": dict(self.reference_committed),
+            "estimators": {
+                k: e.state_dict() for k, e in self.estimators.items() if hasattr(e, "state_dict")
+            },
+            # record_epoch() reads the update count to tell an epoch with no batch
+            "update_counts": {
+                k: int(getattr(e, "_update_count", 0)) for k, e in self.estimators.items()
+            },
+            "epochs_recorded": self._epoch,
+            "open_epoch_batches": self._epoch_batches,
+            "incomplete_ffn_batches": self._tap.incomplete_ffn_batches if self._tap else 0,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = state_dict.get("history", {})
+        committed = state_dict.get("reference_committed", {})
+        self.reference_committed.update(
+            {k: v for k, v in committed.items() if k in self.estimators}
+        )
+        for key, est_state in state_dict.get("estimators", {}).items():
+            if key in self.estimators and hasattr(self.estimators[key], "load_state_dict"):
+                self.estimators[key].load_state_dict(est_state, strict=False)
+        for key, count in state_dict.get("update_counts", {}).items():
+            if key in self.estimators and hasattr(self.estimators[key], "_update_count"):
+                self.estimators[key]._update_count = count
+        self._epoch = state_dict.get("epochs_recorded", 0)
+        self._epoch_batches = state_dict.get("open_epoch_batches", 0)
+        if self._tap is not None:
+            self._tap.incomplete_ffn_batches = state_dict.get("incomplete_ffn_batches", 0)
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        if state.is_hyper_param_search:
+            return  # trials checkpoint under <output_dir>/run-<trial>, a name callbacks never see
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        path = state_path(folder, args)
+        payload = _plain({**self.state_dict(), "global_step": state.global_step}, "state")
+        os.makedirs(folder, exist_ok=True)  # other processes may get here before process 0
+        tmp = f"{path}.tmp"
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)  # a crash mid-write never leaves a torn state file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _resume(self, args, state) -> None:
+        folder = self.resume_from or os.path.join(
+            args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        )
+        path = state_path(folder, args)
+        fresh = "the layer-dynamics profiles restart here (earlier epochs are not in profiles())"
+        if not os.path.isfile(path):
+            log.warning(
+                "LayerDynamicsTrainerCallback: resuming at step %d but %s does not exist; %s. "
+                "Fix: pass resume_from=<the checkpoint folder> if it is not %s.",
+                state.global_step, path, fresh, folder,
+            )  # fmt: skip
+            return
+        snapshot = self.state_dict()
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            _check_saved(saved, state.global_step)
+            self.load_state_dict(saved)
+        except Exception as err:  # any unreadable file (torn zip, pickle, wrong layout): go on
+            self.load_state_dict(snapshot)
+            log.warning(
+                "LayerDynamicsTrainerCallback: cannot restore %s (%s: %s); %s.",
+                path, type(err).__name__, err, fresh,
+            )  # fmt: skip
+            return
+        missing = sorted(set(self.estimators) - set(saved["estimators"]))
+        if missing:
+            log.warning(
+                "LayerDynamicsTrainerCallback: %s holds no state for estimators %s; they "
+                "restart at this step.", path, missing,
+            )  # fmt: skip
+        if not self._epoch_batches:
+            return
+        if state.epoch is not None and float(state.epoch).is_integer():
+            # Saved at the epoch's last step, before on_epoch_end: the Trainer resumes with the
+            # next epoch, so this one is recorded now (the model is that step's model).
+            self._record_epoch()
+        elif args.ignore_data_skip:
+            # The Trainer replays this epoch from its first batch: drop its partial sums.
+            for est in self.estimators.values():
+                if est.input_kind != "probe":
+                    est.reset()
+            self._epoch_batches = 0
+            if self._tap is not None:
+                self._tap.incomplete_ffn_batches = 0
