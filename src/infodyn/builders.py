@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infodyn.checkpoints import AtomicCheckpoint
@@ -134,6 +135,9 @@ def build_datamodule(cfg: DictConfig, tokenizer: Any, model_max_length: int | No
 def build_module(cfg: DictConfig, eval_split_names: list[str], pruned: list[int] = ()) -> Any:
     from infodyn.module import GlueClassifier
 
+    # A pretrained model's new classification head (and LoRA's adapters) are drawn from the
+    # global RNG here: seed it, or the head depends on whatever ran before in the process.
+    torch.manual_seed(int(cfg.seed))
     return GlueClassifier(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         task=OmegaConf.to_container(cfg.task, resolve=True),
