@@ -88,6 +88,8 @@ def run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modul
                 from infodyn.pruners.layerdrop import remove_layerdrop
 
                 remove_layerdrop(module.model)
+            # an evaluation trainer: under DDP the fit trainer would shard the dev set
+            trainer = build_trainer(cfg, 1, [], loggers, None, evaluation=True)
             ft = {"metrics": evaluate(trainer, module, dm), "profiles": callback.profiles()}
             atomic_write_json(stages_dir / "finetune.json", finite(ft))
             _test_kill_point("finetune")
@@ -249,19 +251,36 @@ def _epoch_ordered(loader: Any, seed: int, trainer: Any) -> Any:
     A resumed run builds a fresh loader; with a stateful generator its epoch e would replay
     epoch 0's order. Lightning iterates (and prefetches) before `on_train_epoch_start`, so the
     sampler asks the trainer for the epoch itself.
-    """
-    from torch.utils.data import DataLoader, Sampler
 
-    class EpochShuffle(Sampler[int]):
+    Under DDP the sampler is this process's share of that one order: process r of W takes
+    positions r, r + W, r + 2W, ... (padded with repeats to a multiple of W, as torch's
+    DistributedSampler pads). It is a `DistributedSampler` so that Lightning does not wrap it
+    in its own, which would reshuffle the order per process. W processes with batch b then see
+    exactly the global batches one process with batch W * b sees, in the layout the estimators
+    undo when they gather the global batch (`estimators/distributed.py`).
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    class EpochShuffle(DistributedSampler):
         def __init__(self, n: int) -> None:
+            # world and rank are read from the trainer when iterated: before DDP launches its
+            # processes they are not known yet
+            super().__init__(range(n), num_replicas=1, rank=0, shuffle=False)
             self.n = n
 
+        def _share(self) -> tuple[int, int]:
+            return max(1, int(trainer.world_size)), int(trainer.global_rank)
+
         def __len__(self) -> int:
-            return self.n
+            return math.ceil(self.n / self._share()[0])
 
         def __iter__(self):
+            world, rank = self._share()
             gen = torch.Generator().manual_seed(_epoch_seed(seed, int(trainer.current_epoch)))
-            return iter(torch.randperm(self.n, generator=gen).tolist())
+            order = torch.randperm(self.n, generator=gen).tolist()
+            total = math.ceil(self.n / world) * world
+            order += order[: total - self.n]
+            return iter(order[rank:total:world])
 
     return DataLoader(
         loader.dataset,

@@ -315,7 +315,8 @@ def _ddp_main(out_dir: str) -> None:
     pl.seed_everything(DDP_SEED)
     module = PlainClassifier(lr=0.0)
     ests = {
-        "cosine": CosineRedundancy(num_layers=NUM_LAYERS),
+        "cosine": CosineRedundancy(num_layers=NUM_LAYERS),  # batch_scope="global"
+        "cosine_local": CosineRedundancy(num_layers=NUM_LAYERS, batch_scope="local"),
         "knowledge_entropy": KnowledgeEntropy(num_layers=NUM_LAYERS, ffn_dim=37),
     }
     callback = LayerDynamicsCallback(ests)
@@ -339,9 +340,10 @@ def test_ddp_matches_single_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["profiles"] == ranks[1]["profiles"]  # both report the synced global values
+    assert ranks[0]["profiles"] == ranks[1]["profiles"]  # every rank reports the same values
     prof = ranks[0]["profiles"]["finetune"]
-    assert prof["cosine"]["num_batches"] == [4, 4]  # 2 ranks x 2 batches
+    assert prof["cosine"]["num_batches"] == [2, 2]  # 2 global batches of 2 x 4 per epoch
+    assert prof["cosine_local"]["num_batches"] == [4, 4]  # 2 ranks x 2 local batches
     assert prof["knowledge_entropy"]["num_batches"] == [4, 4]
 
     examples = random_examples(DDP_N)
@@ -350,23 +352,35 @@ def test_ddp_matches_single_process(tmp_path):
         for rank in range(2):
             seen = [idx for e, idx in ranks[rank]["seen"] if e == epoch]
             assert seen == per_rank[rank]
-        # single process over the union of this epoch's per-rank batches
-        union = [[examples[i] for i in idx] for batches in per_rank for idx in batches]
-        single_loader = DataLoader(union, batch_size=None, collate_fn=_stack)
-        _, single, _ = fit_static_loader(single_loader, max_epochs=1)
-        want = single.profiles()["finetune"]
-        assert want["cosine"]["num_batches"] == [4]
-        assert_close(prof["cosine"]["redundancy"][epoch], want["cosine"]["redundancy"][0])
-        assert_close(
-            prof["knowledge_entropy"]["knowledge_entropy"][epoch],
-            want["knowledge_entropy"]["knowledge_entropy"][0],
-        )
-        independent = reference_scores(tiny_model(0), single_loader)
-        assert_close(prof["cosine"]["redundancy"][epoch], independent["redundancy"])
-        assert_close(
-            prof["knowledge_entropy"]["knowledge_entropy"][epoch],
-            independent["knowledge_entropy"],
-        )
+        # global: one process over the global batches, samples in DistributedSampler order
+        # (sample q of rank r at position 2q + r)
+        global_batches = [
+            [i for pair in zip(*step, strict=True) for i in pair]
+            for step in zip(*per_rank, strict=True)
+        ]
+        # local: one process over every rank's own batches
+        local_batches = [idx for batches in per_rank for idx in batches]
+        for key, batches in (("cosine", global_batches), ("cosine_local", local_batches)):
+            single_loader = DataLoader(
+                [[examples[i] for i in idx] for idx in batches], batch_size=None, collate_fn=_stack
+            )
+            _, single, _ = fit_static_loader(single_loader, max_epochs=1)
+            want = single.profiles()["finetune"]
+            assert want["cosine"]["num_batches"] == [len(batches)]
+            assert_close(prof[key]["redundancy"][epoch], want["cosine"]["redundancy"][0])
+            # knowledge entropy sums over tokens: the grouping into batches does not matter
+            assert_close(
+                prof["knowledge_entropy"]["knowledge_entropy"][epoch],
+                want["knowledge_entropy"]["knowledge_entropy"][0],
+            )
+            independent = reference_scores(tiny_model(0), single_loader)
+            assert_close(prof[key]["redundancy"][epoch], independent["redundancy"])
+            assert_close(
+                prof["knowledge_entropy"]["knowledge_entropy"][epoch],
+                independent["knowledge_entropy"],
+            )
+        # the pairs that straddle ranks make the two scopes differ
+        assert prof["cosine"]["redundancy"][epoch] != prof["cosine_local"]["redundancy"][epoch]
 
 
 def _stack(batch: list[dict]) -> dict:

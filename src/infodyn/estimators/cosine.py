@@ -31,9 +31,11 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from infodyn.estimators.base import keep_layer_axis
+from infodyn.estimators.distributed import gather_global_batch, sync_on_backend_device
 from infodyn.estimators.pooling import POOLINGS, pool
 
 PAIRINGS = ("consecutive", "shuffled")
+BATCH_SCOPES = ("global", "local")
 
 
 def pool_layers(
@@ -105,6 +107,15 @@ class CosineRedundancy(Metric):
         seed: seeds the permutation generator (``pairing="shuffled"``).
         num_layers: L, to allocate states now (needed under DDP so every rank agrees on shapes);
             ``None`` infers L on the first ``update``.
+        batch_scope: under multi-process training (DDP), what one batch is. ``"global"``
+            (default): the global batch, every process's samples gathered each step in the
+            order one process would have seen them (``distributed.gather_global_batch``), so
+            B = per-process batch x processes and the score equals a single-process run on the
+            same global batches; every process then holds the same state and nothing is
+            reduced at the end. ``"local"``: each process's own batch (B = per-process batch),
+            sums reduced across processes at ``summary()``; no per-step communication, but the
+            pairs that straddle processes are lost and R depends on the number of processes.
+            Without a process group both are the same.
 
     State is O(L) float64 sums plus integer counters; all reduce by sum (width by max).
     """
@@ -126,9 +137,16 @@ class CosineRedundancy(Metric):
         sigma2: float = 1.0,
         seed: int = 0,
         num_layers: int | None = None,
+        batch_scope: str = "global",
         **kwargs,
     ) -> None:
+        if batch_scope not in BATCH_SCOPES:
+            raise ValueError(f"batch_scope must be one of {BATCH_SCOPES}, got {batch_scope!r}")
+        kwargs.setdefault("dist_sync_fn", sync_on_backend_device)
+        # a global-batch state is already identical on every process: summing would count it W x
+        kwargs.setdefault("sync_on_compute", batch_scope == "local")
         super().__init__(**kwargs)
+        self.batch_scope = batch_scope
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if pairing not in PAIRINGS:
@@ -177,7 +195,10 @@ class CosineRedundancy(Metric):
     def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
         """Add one batch: ``states`` = z_0..z_L, each ``[B, T, D]``."""
         self._ensure_layers(len(states) - 1)
-        pooled = pool_layers(states, attention_mask, self.pooling).to(self.device)
+        pooled = pool_layers(states, attention_mask, self.pooling)
+        if self.batch_scope == "global":
+            pooled = gather_global_batch(pooled, dim=1)  # [L + 1, B_global, D]
+        pooled = pooled.to(self.device)
         batch = pooled.shape[1]
         if batch < 2:
             self.skipped_batches += 1
@@ -237,7 +258,8 @@ class CosineRedundancy(Metric):
         """Per-layer ``redundancy``, ``redundancy_std`` (ddof=1 across batches; NaN if < 2),
         ``entropy_rate`` and the counters ``num_batches``, ``skipped_batches``, ``eps_guarded``
         (pairs, summed over blocks and pairings), ``nonfinite_batches``."""
-        with self.sync_context():
+        local = self.batch_scope == "local"
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=local):
             out: dict[str, Tensor | float | int] = dict(self._series())
             for key in ("num_batches", "skipped_batches", "eps_guarded", "nonfinite_batches"):
                 out[key] = int(getattr(self, key))

@@ -23,6 +23,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from infodyn.estimators.base import keep_layer_axis
+from infodyn.estimators.distributed import sync_on_backend_device
 from infodyn.estimators.pooling import compute_dtype
 
 
@@ -43,6 +44,7 @@ class KnowledgeEntropy(Metric):
     def __init__(
         self, num_layers: int | None = None, ffn_dim: int | None = None, **kwargs
     ) -> None:
+        kwargs.setdefault("dist_sync_fn", sync_on_backend_device)  # CPU state under NCCL
         super().__init__(**kwargs)
         if (num_layers is None) != (ffn_dim is None):
             raise ValueError("give both num_layers and ffn_dim, or neither")
@@ -107,8 +109,9 @@ class KnowledgeEntropy(Metric):
         return self._series()
 
     def summary(self) -> dict[str, Tensor | float | int]:
-        """``knowledge_entropy`` ``[L]`` and the counters."""
-        with self.sync_context():
+        """``knowledge_entropy`` ``[L]`` and the counters, summed over DDP processes (sums over
+        tokens need no global batch: ``num_batches`` counts every process's batches)."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn):
             return {
                 "knowledge_entropy": self._series(),
                 "num_tokens": int(self.num_tokens),
