@@ -74,7 +74,7 @@ def run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modul
                 from infodyn.pruners.layerdrop import apply_layerdrop
 
                 apply_layerdrop(module.model, layerdrop_p, seed=int(cfg.seed))
-            trainer, callback = _fit_stage(
+            trainer, callback, module = _fit_stage(
                 cfg,
                 run_dir,
                 "finetune",
@@ -164,7 +164,7 @@ def run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modul
             rec_module = load_module(rc_ckpt)
     elif epochs > 0:
         rec_estimators = build_estimators(cfg)
-        trainer, callback = _fit_stage(
+        trainer, callback, rec_module = _fit_stage(
             cfg, run_dir, "recover", rec_module, dm, rec_estimators, loggers, epochs
         )
         rc = {"profiles": {k_: v for k_, v in callback.profiles().items() if k_ != "indexing"}}
@@ -189,7 +189,10 @@ def run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, modul
 
 
 def _fit_stage(cfg, run_dir, stage, module, dm, estimators, loggers, epochs):
-    """Train `module` for `epochs` (resuming a half-done stage); returns the callback.
+    """Train `module` for `epochs` (resuming a half-done stage).
+
+    Returns `(trainer, callback, module)`: the trained module, unsharded (reloaded from the
+    stage checkpoint after FSDP).
 
     Randomness is a function of (seed, stage, epoch) only: the global RNGs are re-seeded and
     the data order is drawn afresh at every epoch start, so a stage resumed from its epoch-e
@@ -222,7 +225,11 @@ def _fit_stage(cfg, run_dir, stage, module, dm, estimators, loggers, epochs):
         raise TrainingDivergedError(
             f"stage {stage} diverged: {err} ({where}; a rerun resumes from it.)"
         ) from err
-    return trainer, callback
+    if "fsdp" in type(trainer.strategy).__name__.lower():
+        # FSDP leaves the module's parameters sharded across processes; scoring, surgery and
+        # export need the whole model: the stage's checkpoint holds it (full state dict).
+        module = load_module(ckpt_dir / "last.ckpt")
+    return trainer, callback, module
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

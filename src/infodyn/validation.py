@@ -108,6 +108,7 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.precision={precision!r} is not a Lightning precision. Fix: "
             "trainer.precision=32-true (or bf16-mixed, 16-mixed on a GPU)."
         )
+    _check_strategy(cfg)
     if cfg.logger.get("name", "none") not in ("none", "csv", "wandb"):
         raise ConfigError(
             f"logger.name={cfg.logger.get('name')!r} is unknown. Fix: logger=wandb, logger=csv "
@@ -191,3 +192,27 @@ def _resolve_k(pruner: Any, num_layers: int, name: str) -> int:
     from infodyn.pruners.base import resolve_k
 
     return resolve_k(num_layers, getattr(pruner, "k", None), getattr(pruner, "fraction", None))
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    """Strategy/accelerator combinations Lightning would refuse only after the data is built."""
+    import torch
+
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but torch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Fix: "
+            "trainer=cpu (or trainer=ddp trainer.accelerator=cpu for several processes), or "
+            "run on a GPU machine with a CUDA build of torch."
+        )
+    if strategy.startswith("fsdp"):
+        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+            raise ConfigError(
+                f"trainer={strategy} (strategy={strategy}) needs CUDA GPUs: Lightning's FSDP "
+                f"refuses accelerator={accelerator!r}"
+                + ("" if accelerator == "cpu" else " on a machine without a GPU")
+                + ". Fix: run it on GPUs (trainer.accelerator=gpu), or use trainer=ddp "
+                "(gloo on CPU) or trainer=cpu here."
+            )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import HydraException
 from omegaconf import open_dict
 
@@ -79,6 +80,13 @@ DATA_FAULTS = [
 
 # (overrides, exception type, words the message must hold: the input, then the fix)
 CONFIG_FAULTS = [
+    (["trainer.strategy=fsdp", "trainer.accelerator=cpu"], ConfigError, ["fsdp", "GPU", "Fix"]),
+    pytest.param(
+        ["trainer.accelerator=gpu"],
+        ConfigError,
+        ["trainer.accelerator=gpu", "no CUDA", "Fix"],
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPU"),
+    ),
     (["data.batch_size=0"], ConfigError, ["data.batch_size", "Fix"]),
     (["data.batch_size=abc"], ConfigError, ["data.batch_size", "Fix"]),
     (["data.eval_batch_size=-3"], ConfigError, ["data.eval_batch_size", "Fix"]),
@@ -155,7 +163,7 @@ def _check_message(err: BaseException, words: list[str]) -> None:
 @pytest.mark.parametrize(
     ("overrides", "exc", "words"),
     CONFIG_FAULTS,
-    ids=[" ".join(c[0]) for c in CONFIG_FAULTS],
+    ids=[" ".join(getattr(c, "values", c)[0]) for c in CONFIG_FAULTS],
 )
 def test_bad_config_fails_before_training(
     tiny_cfg: Callable, overrides: list[str], exc: type, words: list[str]
