@@ -261,6 +261,26 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert max(abs(a - b) for a, b in zip(r[0], r[1], strict=True)) > 1e-6
 
 
+def test_mid_epoch_state_keeps_the_update_counts():
+    # a checkpoint taken mid-epoch: the restored callback must still see that the epoch had
+    # batches (record_epoch reads torchmetrics' update count, which state_dict does not carry)
+    from infodyn.estimators.callback import record_epoch
+
+    net = tiny_model(0)
+    src = LayerDynamicsCallback(estimators())
+    for batch in loader(random_examples(8)):
+        out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  output_hidden_states=True)  # fmt: skip
+        src.estimators["cosine"].update(out.hidden_states, batch["attention_mask"])
+    restored = LayerDynamicsCallback(estimators())
+    restored.load_state_dict(copy.deepcopy(src.state_dict()))
+    assert restored.estimators["cosine"]._update_count == 2
+    hist: dict = {}
+    record_epoch(hist, {"cosine": restored.estimators["cosine"]})
+    assert hist["cosine"]["num_batches"] == [2]
+    assert None not in hist["cosine"]["redundancy"][0]
+
+
 def test_probe_estimator_reference_and_epochs():
     probe = loader(random_examples(8, seed=5))
     module = PlainClassifier(lr=1e-2)

@@ -230,3 +230,21 @@ def test_forward_returns_batch_value_and_accumulates():
 def test_compute_before_update_raises():
     with pytest.raises(RuntimeError, match="no update"):
         CosineRedundancy().summary()
+
+
+def test_shuffled_pairing_resumes_the_same_pairings():
+    # the permutation generator is part of the state: a restored metric draws what the
+    # uninterrupted one draws next
+    def fresh() -> CosineRedundancy:
+        return CosineRedundancy(pairing="shuffled", num_pairings=3, seed=5)
+
+    going = fresh()
+    going.update(_states(6, seed=1), torch.ones(6, 5))
+    buffer = io.BytesIO()
+    torch.save(going.state_dict(), buffer)
+    buffer.seek(0)
+    restored = fresh()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for metric in (going, restored):
+        metric.update(_states(6, seed=2), torch.ones(6, 5))
+    assert torch.equal(going.summary()["redundancy"], restored.summary()["redundancy"])

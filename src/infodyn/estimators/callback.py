@@ -378,6 +378,11 @@ class LayerDynamicsCallback(pl.Callback):
             "estimators": {
                 k: e.state_dict() for k, e in self.estimators.items() if hasattr(e, "state_dict")
             },
+            # torchmetrics keeps its update count outside state_dict; record_epoch reads it
+            # to tell an epoch without batches (a checkpoint taken mid-epoch must carry it)
+            "update_counts": {
+                k: int(getattr(e, "_update_count", 0)) for k, e in self.estimators.items()
+            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -386,6 +391,9 @@ class LayerDynamicsCallback(pl.Callback):
         for key, est_state in state_dict.get("estimators", {}).items():
             if key in self.estimators and hasattr(self.estimators[key], "load_state_dict"):
                 self.estimators[key].load_state_dict(est_state, strict=False)
+        for key, count in state_dict.get("update_counts", {}).items():
+            if key in self.estimators and hasattr(self.estimators[key], "_update_count"):
+                self.estimators[key]._update_count = int(count)
 
 
 def _num(v: Any) -> float | None:

@@ -227,6 +227,14 @@ class CosineRedundancy(Metric):
             self.hidden_dim, torch.tensor(pooled.shape[-1], device=self.device)
         )
 
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """The pairing generator's state: a resumed run draws the pairings it would have."""
+        return {"generator": self._generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        if state and "generator" in state:
+            self._generator.set_state(state["generator"])
+
     def _series(self) -> dict[str, Tensor]:
         if self.sum_r.numel() == 0:
             raise RuntimeError(
