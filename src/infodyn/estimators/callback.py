@@ -10,7 +10,8 @@ X^0, i.e. the pretrained model) and once at every epoch end.
 
 Conventions: hidden states z_0..z_L (z_0 = embedding output); every per-layer output is indexed by
 0-based block index b, scoring block b from (z_b, z_{b+1}). With gradient accumulation each
-micro-batch is one estimator batch (B = the dataloader's batch size).
+micro-batch is one estimator batch (B = the dataloader's batch size; under DDP the cosine
+estimator's default ``batch_scope="global"`` makes it the global batch, B x processes).
 
 Requirements on the host LightningModule: it holds an HF `PreTrainedModel` somewhere among its
 modules (found automatically, or name it with `model_attr`) and calls it with `attention_mask=`.
