@@ -187,11 +187,14 @@ def build_trainer(
     loggers: list,
     ckpt_dir: Path | None,
     evaluation: bool = False,
+    unused_parameters: bool = False,
 ) -> Any:
     """A Lightning Trainer from `cfg.trainer`. `evaluation=True` (validation only): every DDP
     process sees the whole dev set rather than a DistributedSampler shard padded with repeated
     samples; the metrics' cross-process sums then count each example once per process, which
-    leaves every ratio metric (accuracy, F1, Matthews, Pearson, Spearman) exactly as on one."""
+    leaves every ratio metric (accuracy, F1, Matthews, Pearson, Spearman) exactly as on one.
+    `unused_parameters=True` (LayerDrop: a skipped block gets no gradient) makes DDP look for
+    parameters without a gradient each step instead of failing at the second step."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import TQDMProgressBar
 
@@ -213,7 +216,11 @@ def build_trainer(
     kwargs: dict[str, Any] = dict(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=(
+            "ddp_find_unused_parameters_true"
+            if unused_parameters and str(t.strategy) == "ddp"
+            else t.strategy
+        ),
         precision=t.precision,
         max_epochs=max_epochs,
         gradient_clip_val=t.get("gradient_clip_val"),

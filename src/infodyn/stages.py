@@ -211,7 +211,11 @@ def _fit_stage(cfg, run_dir, stage, module, dm, estimators, loggers, epochs):
         probe = dm.probe_dataloader(max(int(e.probe_size) for e in probes))
     callback = LayerDynamicsCallback(estimators, stage=stage, probe_dataloader=probe)
     extra = [callback, _epoch_seed_callback(seed)] + _test_kill_callbacks(stage)
-    trainer = build_trainer(cfg, epochs, extra, loggers, ckpt_dir)
+    from infodyn.pruners.layerdrop import has_layerdrop
+
+    trainer = build_trainer(
+        cfg, epochs, extra, loggers, ckpt_dir, unused_parameters=has_layerdrop(module.model)
+    )
     ckpt_path = usable_checkpoint(ckpt_dir / "last.ckpt")
     if ckpt_path:
         log.info("resuming stage %s from %s", stage, ckpt_path)

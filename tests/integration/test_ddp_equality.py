@@ -31,7 +31,6 @@ COMMON = [
     "trainer.accelerator=cpu",
     "logger=none",
     "estimator=[cosine,knowledge_entropy]",
-    "pruner=redundancy",
     "pruner.k=2",
     "optim.lr=1e-3",
     "data.max_seq_length=32",
@@ -81,18 +80,32 @@ def _close(got, want, path: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_ddp_pipeline_equals_single_process_on_the_same_global_batches(tmp_path, glue_dir):
-    single = _run(tmp_path, glue_dir, "single", "trainer=cpu", "data.batch_size=8")
-    ddp = _run(tmp_path, glue_dir, "ddp", "trainer=ddp", "trainer.devices=2", "data.batch_size=4")
+@pytest.mark.parametrize("pruner", ["redundancy", "layerdrop"])
+def test_ddp_pipeline_equals_single_process_on_the_same_global_batches(tmp_path, glue_dir, pruner):
+    # layerdrop: blocks skipped during fine-tuning get no gradient (DDP must be told), and the
+    # seeded drop stream is the same on every process, so the global batch skips as one
+    single = _run(
+        tmp_path, glue_dir, "single", f"pruner={pruner}", "trainer=cpu", "data.batch_size=8"
+    )
+    ddp = _run(
+        tmp_path,
+        glue_dir,
+        "ddp",
+        f"pruner={pruner}",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "data.batch_size=4",
+    )
     assert single["status"] == ddp["status"] == "complete"
     assert ddp["pruned_layers"] == single["pruned_layers"]
     assert len(ddp["pruned_layers"]) == 2
     # knowledge entropy sums tokens, so it needs no global batch; its counter counts each
     # process's batches (2 processes x 3 per epoch)
     for stage in ("finetune", "recover"):
-        got = ddp["profiles"][stage]["knowledge_entropy"].pop("num_batches")
-        want = single["profiles"][stage]["knowledge_entropy"].pop("num_batches")
-        assert got == [2 * n for n in want]
+        for counter in ("num_batches", "incomplete_batches"):
+            got = ddp["profiles"][stage]["knowledge_entropy"].pop(counter)
+            want = single["profiles"][stage]["knowledge_entropy"].pop(counter)
+            assert got == [2 * n for n in want], counter
     _close(ddp["layer_scores"], single["layer_scores"], "layer_scores")
     _close(ddp["profiles"], single["profiles"], "profiles")
     _close(ddp["metrics"], single["metrics"], "metrics")

@@ -28,6 +28,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from infodyn.estimators.distributed import sum_over_processes
+
 log = logging.getLogger("infodyn")
 
 INDEXING = (
@@ -354,10 +356,12 @@ class LayerDynamicsCallback(pl.Callback):
     # -- per epoch
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_probe(trainer, pl_module)
+        incomplete = self._tap.incomplete_ffn_batches if self._tap is not None else 0
         metrics = record_epoch(
             self.history.setdefault(self.stage, {}),
             self.estimators,
-            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
+            # counted like the estimators' own counters: every process's batches
+            sum_over_processes(incomplete),
             where=f"{self.stage} epoch {trainer.current_epoch + 1}",
         )
         if self._tap is not None:

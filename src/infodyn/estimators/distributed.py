@@ -45,6 +45,15 @@ def sync_on_backend_device(tensor: Tensor, group: Any = None) -> list[Tensor]:
     return [t.to(tensor.device) for t in gathered]
 
 
+def sum_over_processes(value: int) -> int:
+    """``value`` summed over every process (a collective; the value itself without a group)."""
+    if world_size() == 1:
+        return int(value)
+    total = torch.tensor(int(value), dtype=torch.int64, device=backend_device())
+    torch.distributed.all_reduce(total)
+    return int(total.item())
+
+
 def interleave(shards: list[Tensor]) -> Tensor:
     """Undo ``DistributedSampler``'s dealing along dim 0: row ``q`` of shard ``r`` -> ``W*q + r``.
 

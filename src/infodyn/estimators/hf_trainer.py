@@ -58,6 +58,7 @@ from infodyn.estimators.callback import (
     record_epoch,
     run_probe,
 )
+from infodyn.estimators.distributed import sum_over_processes
 
 log = logging.getLogger("infodyn")
 
@@ -167,7 +168,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         record_epoch(
             self.history.setdefault(self.stage, {}),
             self.estimators,
-            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
+            sum_over_processes(self._tap.incomplete_ffn_batches if self._tap is not None else 0),
             where=f"{self.stage} epoch {self._epoch}",
         )
         if self._tap is not None:
