@@ -417,7 +417,11 @@ def _copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
 
 
 def _export(cfg: DictConfig, run_dir: Path, module: Any, dm: Any) -> None:
-    if not cfg.run.get("export_pruned_model", True):
+    from pytorch_lightning.utilities import rank_zero_only
+
+    # under DDP every process holds the same model: one writes it (two renaming the same
+    # folder at once could fail)
+    if not cfg.run.get("export_pruned_model", True) or rank_zero_only.rank != 0:
         return
     import copy
 

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
 
 from conftest import CONF_DIR
 
@@ -111,3 +113,11 @@ def test_ddp_pipeline_equals_single_process_on_the_same_global_batches(tmp_path,
     _close(ddp["metrics"], single["metrics"], "metrics")
     # 3 global batches of 8 per epoch in both runs: the estimator's batch is the global batch
     assert ddp["profiles"]["finetune"]["cosine"]["num_batches"] == [3, 3]
+    # one exported pruned model (written by process 0), the same weights as one process's
+    exported = [
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "model").state_dict()
+        for name in ("single", "ddp")
+    ]
+    assert exported[0].keys() == exported[1].keys()
+    for key, value in exported[0].items():
+        assert torch.allclose(exported[1][key], value, atol=TOL, rtol=0), key
