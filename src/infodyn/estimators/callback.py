@@ -380,25 +380,35 @@ class LayerDynamicsCallback(pl.Callback):
             "history": self.history,
             "stage": self.stage,
             "reference_committed": dict(self.reference_committed),
-            "estimators": {
-                k: e.state_dict() for k, e in self.estimators.items() if hasattr(e, "state_dict")
-            },
-            # torchmetrics keeps its update count outside state_dict; record_epoch reads it
-            # to tell an epoch without batches (a checkpoint taken mid-epoch must carry it)
-            "update_counts": {
-                k: int(getattr(e, "_update_count", 0)) for k, e in self.estimators.items()
-            },
+            **estimators_state(self.estimators),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = state_dict.get("history", {})
         self.reference_committed.update(state_dict.get("reference_committed", {}))
-        for key, est_state in state_dict.get("estimators", {}).items():
-            if key in self.estimators and hasattr(self.estimators[key], "load_state_dict"):
-                self.estimators[key].load_state_dict(est_state, strict=False)
-        for key, count in state_dict.get("update_counts", {}).items():
-            if key in self.estimators and hasattr(self.estimators[key], "_update_count"):
-                self.estimators[key]._update_count = int(count)
+        load_estimators_state(self.estimators, state_dict)
+
+
+def estimators_state(estimators: Mapping[str, Any]) -> dict[str, Any]:
+    """Every estimator's running state, for a checkpoint (`load_estimators_state` restores it)."""
+    return {
+        "estimators": {
+            k: e.state_dict() for k, e in estimators.items() if hasattr(e, "state_dict")
+        },
+        # torchmetrics keeps its update count outside state_dict; record_epoch reads it to tell
+        # an epoch without batches (a checkpoint taken mid-epoch must carry it)
+        "update_counts": {k: int(getattr(e, "_update_count", 0)) for k, e in estimators.items()},
+    }
+
+
+def load_estimators_state(estimators: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+    """Restore `estimators_state` into `estimators` (unknown keys are ignored)."""
+    for key, est_state in state.get("estimators", {}).items():
+        if key in estimators and hasattr(estimators[key], "load_state_dict"):
+            estimators[key].load_state_dict(est_state, strict=False)
+    for key, count in state.get("update_counts", {}).items():
+        if key in estimators and hasattr(estimators[key], "_update_count"):
+            estimators[key]._update_count = int(count)
 
 
 def _num(v: Any) -> float | None:

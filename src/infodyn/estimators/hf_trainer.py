@@ -53,8 +53,10 @@ from infodyn.estimators.callback import (
     INDEXING,
     ActivationTap,
     check_estimators,
+    estimators_state,
     feed_estimators,
     find_hf_model,
+    load_estimators_state,
     record_epoch,
     run_probe,
 )
@@ -237,13 +239,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
             "history": self.history,
             "stage": self.stage,
             "reference_committed": dict(self.reference_committed),
-            "estimators": {
-                k: e.state_dict() for k, e in self.estimators.items() if hasattr(e, "state_dict")
-            },
-            # record_epoch() reads the update count to tell an epoch with no batch
-            "update_counts": {
-                k: int(getattr(e, "_update_count", 0)) for k, e in self.estimators.items()
-            },
+            **estimators_state(self.estimators),
             "epochs_recorded": self._epoch,
             "open_epoch_batches": self._epoch_batches,
             "incomplete_ffn_batches": self._tap.incomplete_ffn_batches if self._tap else 0,
@@ -255,12 +251,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         self.reference_committed.update(
             {k: v for k, v in committed.items() if k in self.estimators}
         )
-        for key, est_state in state_dict.get("estimators", {}).items():
-            if key in self.estimators and hasattr(self.estimators[key], "load_state_dict"):
-                self.estimators[key].load_state_dict(est_state, strict=False)
-        for key, count in state_dict.get("update_counts", {}).items():
-            if key in self.estimators and hasattr(self.estimators[key], "_update_count"):
-                self.estimators[key]._update_count = count
+        load_estimators_state(self.estimators, state_dict)
         self._epoch = state_dict.get("epochs_recorded", 0)
         self._epoch_batches = state_dict.get("open_epoch_batches", 0)
         if self._tap is not None:
