@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,27 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cli(
+    args: list[str], project_root: Path, glue_dir: Path | str, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`python -m infodyn *args` as a user runs it: offline, outputs under `project_root`."""
+    env = {
+        **os.environ,
+        "PROJECT_ROOT": str(project_root),
+        "GLUE_DIR": str(glue_dir),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "infodyn", *args],
+        capture_output=True,
+        text=True,
+        cwd=CONF_DIR.parent,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def compose_config(

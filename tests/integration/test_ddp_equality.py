@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from conftest import CONF_DIR
+from conftest import run_cli
 
 TOL = 1e-5
 
@@ -45,22 +42,8 @@ COMMON = [
 
 
 def _run(tmp_path: Path, glue_dir: Path, name: str, *overrides: str) -> dict:
-    env = {
-        **os.environ,
-        "PROJECT_ROOT": str(tmp_path),
-        "GLUE_DIR": str(glue_dir),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
     run_dir = tmp_path / name
-    out = subprocess.run(
-        [sys.executable, "-m", "infodyn", *COMMON, *overrides, f"run_dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        cwd=CONF_DIR.parent,
-        env=env,
-        timeout=600,
-    )
+    out = run_cli([*COMMON, *overrides, f"run_dir={run_dir}"], tmp_path, glue_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads((run_dir / "results.json").read_text())
 

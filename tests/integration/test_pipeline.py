@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, run_cli
 from infodyn.pipeline import run
 
 RESULT_KEYS = {
@@ -157,17 +154,8 @@ def test_lora_tracks_profiles_too(tiny_cfg) -> None:
 
 
 def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
-    env = {
-        **os.environ,
-        "PROJECT_ROOT": str(tmp_path),
-        "GLUE_DIR": str(glue_dir),
-        "HF_HUB_OFFLINE": "1",
-    }
-    out = subprocess.run(
+    out = run_cli(
         [
-            sys.executable,
-            "-m",
-            "infodyn",
             "task=cola",
             "model=roberta_tiny",
             "trainer=cpu",
@@ -179,10 +167,8 @@ def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
             "stages.recover_epochs=1",
             "run.throughput_batches=1",
         ],
-        capture_output=True,
-        text=True,
-        cwd=CONF_DIR.parent,
-        env=env,
+        tmp_path,
+        glue_dir,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
