@@ -186,23 +186,30 @@ def table_tap(args) -> None:
 
 
 def measure_growth(label: str, step, counts: tuple[int, int]) -> None:
-    """Run `step(i)` counts[1] times; print added memory after counts[0] and counts[1] batches."""
+    """Run `step(i)` counts[1] times, twice: RSS first, then tracemalloc in a pass of its own
+    (tracemalloc's bookkeeping inflates the RSS it runs beside). Print the memory added after
+    counts[0] and counts[1] batches."""
+
+    def growth(read) -> dict[int, int]:
+        gc.collect()
+        base, seen = read(), {}
+        for i in range(1, counts[1] + 1):
+            step(i)
+            if i in counts:
+                gc.collect()
+                seen[i] = read() - base
+        return seen
+
     gc.collect()
     step(0)  # warm-up: allocates the lazy state, fills the allocators' caches
-    gc.collect()
+    rss = growth(rss_bytes)
     tracemalloc.start()
-    base_py, base_rss = tracemalloc.get_traced_memory()[0], rss_bytes()
-    seen = {}
-    for i in range(1, counts[1] + 1):
-        step(i)
-        if i in counts:
-            gc.collect()
-            seen[i] = (tracemalloc.get_traced_memory()[0] - base_py, rss_bytes() - base_rss)
+    py = growth(lambda: tracemalloc.get_traced_memory()[0])
     tracemalloc.stop()
-    (py_a, rss_a), (py_b, rss_b) = seen[counts[0]], seen[counts[1]]
+    a, b = counts
     print(
-        f"{label:<40} | {kib(py_a)} {kib(py_b)} {kib(py_b - py_a)} | "
-        f"{kib(rss_a)} {kib(rss_b)} {kib(rss_b - rss_a)}"
+        f"{label:<40} | {kib(py[a])} {kib(py[b])} {kib(py[b] - py[a])} | "
+        f"{kib(rss[a])} {kib(rss[b])} {kib(rss[b] - rss[a])}"
     )
 
 
@@ -210,7 +217,7 @@ def table_memory(args) -> None:
     a, b = args.mem_batches
     print(
         f"\n[3] memory added after {a} vs {b} batches (KiB, after a warm-up batch; "
-        "tracemalloc = Python objects, RSS = whole process)"
+        "tracemalloc = Python objects, RSS = whole process, each in a pass of its own)"
     )
     print(
         f"{'path':<40} | {'py@' + str(a):>9} {'py@' + str(b):>9} {'py diff':>9} | "
@@ -235,7 +242,7 @@ def memory_synthetic(args) -> None:
 
     measure_growth(f"synthetic update, L={num_layers} D={width}", step, (a, b))
     print(
-        f"{'':<40}   state after {b + 1} batches: cosine {state_bytes(ests['cosine'])} B, "
+        f"{'':<40}   state after {2 * b + 1} batches: cosine {state_bytes(ests['cosine'])} B, "
         f"knowledge entropy {state_bytes(ests['knowledge_entropy'])} B"
     )
 
@@ -244,19 +251,25 @@ def memory_tap(args) -> None:
     a, b = args.mem_batches
     tap_layers, tap_width = args.mem_layers, args.mem_tap_width
     model = encoder(tap_layers, tap_width)
-    tap, ests = attach(model)
     ids = torch.randint(3, 99, (args.batch, args.tokens), generator=torch.Generator())
     amask = torch.ones_like(ids)
 
-    def tapped_forward(_):
-        tap.start()
+    def plain_forward(_):
         with torch.no_grad():
             model(input_ids=ids, attention_mask=amask)
+
+    # the control: what the same forwards add without any tap (allocator drift)
+    measure_growth(f"plain forward (control), L={tap_layers} D={tap_width}", plain_forward, (a, b))
+    tap, ests = attach(model)
+
+    def tapped_forward(_):
+        tap.start()
+        plain_forward(_)
         tap.stop()
 
     measure_growth(f"ActivationTap forward, L={tap_layers} D={tap_width}", tapped_forward, (a, b))
     tap.remove()
-    assert int(ests["cosine"].num_batches) == b + 1
+    assert int(ests["cosine"].num_batches) == 2 * b + 1  # warm-up + two passes
 
 
 def main() -> None:
