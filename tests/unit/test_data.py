@@ -307,6 +307,10 @@ def test_probe_and_calibration_are_fixed(tmp_path, tokenizer):
     probe = ids(dm.probe_dataloader(10))
     assert probe == ids(dm.probe_dataloader(10))
     assert sum(len(b) for b in probe) == 10
+    # sorted by length: each batch's real lengths never drop below the previous batch's
+    masks = [b["attention_mask"].sum(dim=1).tolist() for b in dm.probe_dataloader(10)]
+    flat = [n for m in masks for n in m]
+    assert flat == sorted(flat) and len(set(flat)) > 1
     batches = dm.calibration_batches(9)
     assert [len(b["labels"]) for b in batches] == [4, 4, 1]
     assert [b["input_ids"].tolist() for b in batches] == [

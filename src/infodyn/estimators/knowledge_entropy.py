@@ -49,6 +49,7 @@ class KnowledgeEntropy(Metric):
         if (num_layers is None) != (ffn_dim is None):
             raise ValueError("give both num_layers and ffn_dim, or neither")
         shape = (0, 0) if num_layers is None else (num_layers, ffn_dim)
+        self._scratch: Tensor | None = None  # CPU |a| buffer, see _abs (not state)
         self.add_state("sum_abs", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("num_batches", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -81,7 +82,7 @@ class KnowledgeEntropy(Metric):
                         f"{tuple(attention_mask.shape)}, got {tuple(a.shape)}"
                     )
                 real = attention_mask.to(a.device) != 0
-                a = a.detach().to(compute_dtype(a.dtype)).abs()
+                a = self._abs(a.detach())
                 # One masked reduction (bmm) instead of where() + sum: no [B, T, F] copy.
                 row = torch.einsum("btf,bt->f", a, real.to(a.dtype))
                 if not torch.isfinite(row).all():
@@ -95,6 +96,27 @@ class KnowledgeEntropy(Metric):
         self.sum_abs += batch_sum
         self.num_tokens += int((attention_mask != 0).sum())
         self.num_batches += 1
+
+    def _abs(self, a: Tensor) -> Tensor:
+        """``|a|`` in the compute dtype. On the CPU it is written into one scratch buffer that
+        every block and batch reuse: a fresh ``[B, T, F]`` allocation per block cost more than
+        the reduction itself (page faults; 17.6 vs 4.7 ms per block at 32 x 128 x 3072). GPUs'
+        caching allocators make the fresh tensor cheap, so there nothing is held."""
+        dtype = compute_dtype(a.dtype)
+        if a.device.type != "cpu":
+            return a.to(dtype).abs()
+        scratch = self._scratch
+        if scratch is None or scratch.numel() < a.numel() or scratch.dtype != dtype:
+            scratch = self._scratch = torch.empty(a.numel(), dtype=dtype)
+        out = scratch[: a.numel()].view(a.shape)
+        if a.dtype == dtype:
+            return torch.abs(a, out=out)
+        return out.copy_(a).abs_()  # bf16/fp16: upcast into the buffer first
+
+    def reset(self) -> None:
+        """Zero the sums and counters; free the scratch buffer (sizes change between epochs)."""
+        super().reset()
+        self._scratch = None
 
     def _series(self) -> Tensor:
         if self.sum_abs.numel() == 0:
