@@ -11,6 +11,7 @@ The workers run as `python test_fsdp.py --worker RANK STORE OUT` so no port is n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -101,25 +102,26 @@ def _worker(rank: int, store: str, out: str) -> None:
     if rank == 0:
         torch.save(full, Path(out) / "full.pt")
         (Path(out) / "scores.json").write_text(json.dumps(result))
+    torch.distributed.barrier()  # no process leaves while another still talks to it
     torch.distributed.destroy_process_group()
 
 
 def test_fsdp_shards_score_and_prune_like_one_process(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     store = tmp_path / "store"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(r), str(store), str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(WORLD)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-3000:]
+    logs = [tmp_path / f"rank{r}.log" for r in range(WORLD)]
+    with contextlib.ExitStack() as files:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(r), str(store), str(tmp_path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=files.enter_context(open(logs[r], "w")),  # a file: no pipe to fill
+            )
+            for r in range(WORLD)
+        ]
+        codes = [proc.wait(timeout=240) for proc in procs]
+    assert codes == [0] * WORLD, [log.read_text()[-2000:] for log in logs]
     got = json.loads((tmp_path / "scores.json").read_text())
 
     # one unsharded process, the same global batches, the same SGD steps
