@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install infodyn with its dev tools (once; reused after)
 
-run: $(STAMP) ## The quickstart: MiniLM-L6 on an SST-2 subset, redundancy pruning (~10 min, 2 CPU cores)
+run: $(STAMP) ## The quickstart: MiniLM-L6 on an SST-2 subset, redundancy pruning (~4 min on 2 idle CPU cores)
 	$(PY) -m infodyn experiment=quickstart $(ARGS)
 
 test: $(STAMP) ## The default test suite (minutes on 2 cores, no network)
