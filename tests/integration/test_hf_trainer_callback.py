@@ -331,3 +331,77 @@ def test_unreadable_state_warns_and_restarts_the_profiles(tmp_path, uninterrupte
             strict=True,
         )
     )
+
+
+# -- DDP under HF's Trainer (accelerate): two CPU processes launched by torchrun. accelerate
+# gives each process whole consecutive batches, so with the batches in dataset order the global
+# batch of step k is examples 8k..8k+7: what one process with batch 8 sees.
+def _ddp_main(out_dir: str) -> None:
+    import json
+
+    torch.set_num_threads(1)
+    callback = LayerDynamicsTrainerCallback(
+        {
+            "cosine": CosineRedundancy(num_layers=NUM_LAYERS),
+            "knowledge_entropy": KnowledgeEntropy(),
+        }
+    )
+    args = TrainingArguments(
+        output_dir=out_dir,
+        use_cpu=True,
+        report_to=[],
+        num_train_epochs=1,
+        per_device_train_batch_size=BATCH,
+        learning_rate=0.0,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        ddp_backend="gloo",
+    )
+    trainer = InOrderTrainer(
+        model=tiny_model(),
+        args=args,
+        train_dataset=random_examples(N_TRAIN),
+        data_collator=default_data_collator,
+        callbacks=[callback],
+    )
+    trainer.train()
+    rank = torch.distributed.get_rank()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(callback.profiles()))
+
+
+@pytest.mark.slow
+def test_ddp_scores_the_global_batch_as_one_process(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run(
+        [*cmd, __file__, "--ddp", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["finetune"]["cosine"] == ranks[1]["finetune"]["cosine"]
+    fin = ranks[0]["finetune"]
+    assert fin["cosine"]["num_batches"] == [N_TRAIN // (2 * BATCH)]  # 2 global batches of 8
+    global_batches = DataLoader(
+        random_examples(N_TRAIN), batch_size=2 * BATCH, collate_fn=default_data_collator
+    )
+    want = reference(tiny_model(), global_batches)
+    assert close(fin["cosine"]["redundancy"][0], want["redundancy"])
+    assert close(fin["knowledge_entropy"]["knowledge_entropy"][0], want["knowledge_entropy"])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--ddp":
+        _ddp_main(sys.argv[2])
+    else:
+        sys.exit(f"usage: {sys.argv[0]} --ddp OUT_DIR")

@@ -77,6 +77,10 @@ def test_sync_and_gather_on_a_one_process_gloo_group(tmp_path) -> None:
         torch.distributed.destroy_process_group()
 
 
-def test_batch_scope_is_validated() -> None:
+def test_batch_scope_and_layout_are_validated() -> None:
     with pytest.raises(ValueError, match="batch_scope"):
         CosineRedundancy(batch_scope="world")
+    with pytest.raises(ValueError, match="global_layout"):
+        CosineRedundancy(global_layout="zip")
+    with pytest.raises(ValueError, match="layout"):
+        gather_global_batch(torch.zeros(2, 3), dim=0, layout="zip")

@@ -31,7 +31,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from infodyn.estimators.base import keep_layer_axis
-from infodyn.estimators.distributed import gather_global_batch, sync_on_backend_device
+from infodyn.estimators.distributed import LAYOUTS, gather_global_batch, sync_on_backend_device
 from infodyn.estimators.pooling import POOLINGS, pool
 
 PAIRINGS = ("consecutive", "shuffled")
@@ -116,6 +116,9 @@ class CosineRedundancy(Metric):
             sums reduced across processes at ``summary()``; no per-step communication, but the
             pairs that straddle processes are lost and R depends on the number of processes.
             Without a process group both are the same.
+        global_layout: how the sampler dealt the global batch to the processes:
+            ``"interleave"`` (torch's ``DistributedSampler``: Lightning, infodyn's pipeline) or
+            ``"concat"`` (accelerate: HF ``Trainer``; ``LayerDynamicsTrainerCallback`` sets it).
 
     State is O(L) float64 sums plus integer counters; all reduce by sum (width by max).
     """
@@ -138,15 +141,19 @@ class CosineRedundancy(Metric):
         seed: int = 0,
         num_layers: int | None = None,
         batch_scope: str = "global",
+        global_layout: str = "interleave",
         **kwargs,
     ) -> None:
         if batch_scope not in BATCH_SCOPES:
             raise ValueError(f"batch_scope must be one of {BATCH_SCOPES}, got {batch_scope!r}")
+        if global_layout not in LAYOUTS:
+            raise ValueError(f"global_layout must be one of {LAYOUTS}, got {global_layout!r}")
         kwargs.setdefault("dist_sync_fn", sync_on_backend_device)
         # a global-batch state is already identical on every process: summing would count it W x
         kwargs.setdefault("sync_on_compute", batch_scope == "local")
         super().__init__(**kwargs)
         self.batch_scope = batch_scope
+        self.global_layout = global_layout
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if pairing not in PAIRINGS:
@@ -197,7 +204,7 @@ class CosineRedundancy(Metric):
         self._ensure_layers(len(states) - 1)
         pooled = pool_layers(states, attention_mask, self.pooling)
         if self.batch_scope == "global":
-            pooled = gather_global_batch(pooled, dim=1)  # [L + 1, B_global, D]
+            pooled = gather_global_batch(pooled, dim=1, layout=self.global_layout)
         pooled = pooled.to(self.device)
         batch = pooled.shape[1]
         if batch < 2:

@@ -6,9 +6,12 @@ Two things torchmetrics does not do for us, written here:
   each process holds a shard of the global batch, so per-process scoring would drop the pairs
   that straddle shards and depend on the number of processes. This gathers the pooled
   per-sample states of every process and lays them out in the order a single process would
-  have seen the global batch: ``DistributedSampler`` (which Lightning inserts) deals position
-  ``W * q + r`` of the global order to process ``r`` as its ``q``-th sample, so sample ``q`` of
-  process ``r`` goes back to position ``W * q + r``.
+  have seen the global batch. Two layouts, after the two ways samples are dealt:
+  ``"interleave"``: torch's ``DistributedSampler`` (which Lightning inserts, and infodyn's own
+  epoch sampler) deals position ``W * q + r`` of the global order to process ``r`` as its
+  ``q``-th sample, so sample ``q`` of process ``r`` goes back to position ``W * q + r``;
+  ``"concat"``: accelerate (HF ``Trainer``) gives each process whole consecutive batches, so
+  the global batch is the processes' batches one after another in rank order.
 - ``sync_on_backend_device``: estimator states live on the CPU (O(L) sums), but NCCL only
   reduces CUDA tensors. Used as torchmetrics' ``dist_sync_fn``, it moves each state to the
   device the process group's backend serves, gathers there and brings the result back.
@@ -67,15 +70,22 @@ def interleave(shards: list[Tensor]) -> Tensor:
     return torch.cat(rows, dim=0)
 
 
-def gather_global_batch(local: Tensor, dim: int) -> Tensor:
+LAYOUTS = ("interleave", "concat")
+
+
+def gather_global_batch(local: Tensor, dim: int, layout: str = "interleave") -> Tensor:
     """Every process's ``local`` shard, assembled along ``dim`` in single-process order.
 
-    A no-op without an initialised process group. Collective: every process must call it once
-    per training batch (the callback's tap does, from each process's training forward).
+    ``layout`` says how the sampler dealt the global batch (see the module docstring). A no-op
+    without an initialised process group. Collective: every process must call it once per
+    training batch (the callbacks' tap does, from each process's training forward).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if world_size() == 1:
         return local
     device = backend_device()
     moved = local.detach().to(device).movedim(dim, 0).contiguous()
-    shards = gather_all_tensors(moved)
-    return interleave([s.to(local.device) for s in shards]).movedim(0, dim)
+    shards = [s.to(local.device) for s in gather_all_tensors(moved)]
+    joined = interleave(shards) if layout == "interleave" else torch.cat(shards, dim=0)
+    return joined.movedim(0, dim)

@@ -134,6 +134,11 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         resume_from: str | os.PathLike | None = None,
     ) -> None:
         self.estimators = check_estimators(estimators, stage)
+        for est in self.estimators.values():
+            if hasattr(est, "global_layout"):
+                # accelerate deals each process whole consecutive batches (not round-robin):
+                # the global batch is theirs one after another (estimators/distributed.py)
+                est.global_layout = "concat"
         if self._kind("probe") and probe_dataloader is None:
             raise ValueError(
                 f"probe estimators {sorted(self._kind('probe'))} need a fixed probe set. Fix: "
