@@ -149,12 +149,24 @@ class GlueClassifier(pl.LightningModule):
             if not param.requires_grad:
                 continue
             (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+        params = decay + no_decay
+        # Fused AdamW (as HF Trainer's default adamw_torch_fused): on the CPU torch otherwise
+        # steps tensor by tensor, ~60 ms a step for MiniLM, 10% of a short-sequence SST-2 step
+        # (foreach=True does not recover it). Not under mixed precision: Lightning's AMP plugin
+        # refuses to clip the gradients of an optimizer that unscales them itself.
+        mixed = "mixed" in str(getattr(self._trainer, "precision", "") or "")
+        fused = (
+            bool(params)
+            and not mixed
+            and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        )
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": float(optim.get("weight_decay", 0.0))},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=float(optim["lr"]),
+            fused=fused or None,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(float(optim.get("warmup_ratio", 0.0)) * total)
