@@ -180,6 +180,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path, names: Mapping[str, str]) -> l
     raise ConfigError(f"logger={kind!r} is unknown. Fix: logger=wandb, logger=csv or logger=none.")
 
 
+# Lightning registers `<launcher>_find_unused_parameters_true` for each of these.
+DDP_LAUNCHERS = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
 def build_trainer(
     cfg: DictConfig,
     max_epochs: int,
@@ -217,8 +221,8 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=(
-            "ddp_find_unused_parameters_true"
-            if unused_parameters and str(t.strategy) == "ddp"
+            f"{t.strategy}_find_unused_parameters_true"
+            if unused_parameters and str(t.strategy) in DDP_LAUNCHERS
             else t.strategy
         ),
         precision=t.precision,

@@ -229,7 +229,9 @@ def _fit_stage(cfg, run_dir, stage, module, dm, estimators, loggers, epochs):
         raise TrainingDivergedError(
             f"stage {stage} diverged: {err} ({where}; a rerun resumes from it.)"
         ) from err
-    if "fsdp" in type(trainer.strategy).__name__.lower():
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
         # FSDP leaves the module's parameters sharded across processes; scoring, surgery and
         # export need the whole model: the stage's checkpoint holds it (full state dict).
         module = load_module(ckpt_dir / "last.ckpt")

@@ -204,12 +204,14 @@ def record_epoch(
     Args:
         stage_hist: estimator key -> {"layers": [...], <series>: [per-epoch values]} (mutated).
         estimators: name -> estimator; probe estimators must already hold this epoch's pass.
-        incomplete_ffn_batches: batches whose FFN profile had a LayerDrop hole this epoch.
+        incomplete_ffn_batches: this process's batches whose FFN profile had a LayerDrop hole
+            this epoch (summed over DDP processes here, like the estimators' own counters).
         where: label for the warning, e.g. "finetune epoch 2".
 
     Returns:
         The per-layer primary values to log, `{"<name>/layer_03": value}` (finite ones only).
     """
+    incomplete_ffn_batches = sum_over_processes(incomplete_ffn_batches)  # collective: first
     metrics: dict[str, float] = {}
     for key, est in estimators.items():
         if est.input_kind != "probe" and getattr(est, "_update_count", 1) == 0:
@@ -356,12 +358,10 @@ class LayerDynamicsCallback(pl.Callback):
     # -- per epoch
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_probe(trainer, pl_module)
-        incomplete = self._tap.incomplete_ffn_batches if self._tap is not None else 0
         metrics = record_epoch(
             self.history.setdefault(self.stage, {}),
             self.estimators,
-            # counted like the estimators' own counters: every process's batches
-            sum_over_processes(incomplete),
+            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
             where=f"{self.stage} epoch {trainer.current_epoch + 1}",
         )
         if self._tap is not None:

@@ -60,7 +60,6 @@ from infodyn.estimators.callback import (
     record_epoch,
     run_probe,
 )
-from infodyn.estimators.distributed import sum_over_processes
 
 log = logging.getLogger("infodyn")
 
@@ -175,7 +174,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         record_epoch(
             self.history.setdefault(self.stage, {}),
             self.estimators,
-            sum_over_processes(self._tap.incomplete_ffn_batches if self._tap is not None else 0),
+            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
             where=f"{self.stage} epoch {self._epoch}",
         )
         if self._tap is not None:
