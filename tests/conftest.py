@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,14 @@ def run_cli(
         env=env,
         timeout=timeout,
     )
+
+
+def run_rank_script(argv: list[str], out_dir: Path, world: int = 2) -> list[dict]:
+    """Run a multi-process test script (it writes `rank<r>.json` into `out_dir`); its outputs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads((Path(out_dir) / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 def compose_config(

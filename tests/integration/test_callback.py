@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import RobertaForSequenceClassification
 
+from conftest import run_rank_script
 from infodyn.estimators.callback import INDEXING, LayerDynamicsCallback
 from infodyn.estimators.cosine import CosineRedundancy, redundancy_score
 from infodyn.estimators.gaussian import GaussianEntropyRate
@@ -350,16 +349,7 @@ def _ddp_main(out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_matches_single_process(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--ddp", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_rank_script([sys.executable, __file__, "--ddp", str(tmp_path)], tmp_path)
     assert ranks[0]["profiles"] == ranks[1]["profiles"]  # every rank reports the same values
     prof = ranks[0]["profiles"]["finetune"]
     assert prof["cosine"]["num_batches"] == [2, 2]  # 2 global batches of 2 x 4 per epoch

@@ -26,6 +26,7 @@ from transformers import (
     default_data_collator,
 )
 
+from conftest import run_rank_script
 from infodyn.estimators.callback import INDEXING
 from infodyn.estimators.cosine import CosineRedundancy, redundancy_score
 from infodyn.estimators.gaussian import GaussianEntropyRate
@@ -53,11 +54,35 @@ def random_examples(n: int, length: int = 12, seed: int = 1) -> list[dict[str, t
     return out
 
 
+def cpu_args(output_dir, **settings) -> TrainingArguments:
+    """TrainingArguments for these tests: CPU, batch BATCH, quiet, no logging; plus `settings`."""
+    quiet = dict(
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=BATCH,
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return TrainingArguments(output_dir=str(output_dir), **{**quiet, **settings})
+
+
 class InOrderTrainer(Trainer):
     """Train batches in dataset order, so the reference can replay the same batches."""
 
     def _get_train_sampler(self, *args, **kwargs):
         return SequentialSampler(self.train_dataset)
+
+
+def in_order_trainer(args: TrainingArguments, callback) -> InOrderTrainer:
+    """A fresh tiny model on the N_TRAIN examples, in order, with `callback`."""
+    return InOrderTrainer(
+        model=tiny_model(),
+        args=args,
+        train_dataset=random_examples(N_TRAIN),
+        data_collator=default_data_collator,
+        callbacks=[callback],
+    )
 
 
 @torch.no_grad()
@@ -108,20 +133,14 @@ def test_profiles_equal_pure_functions_over_same_batches(tmp_path, accumulate):
         },
         probe_dataloader=probe,
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to=[],
+    args = cpu_args(
+        tmp_path,
         num_train_epochs=2,
-        per_device_train_batch_size=BATCH,
         per_device_eval_batch_size=4,
         gradient_accumulation_steps=accumulate,
         learning_rate=0.0,
         eval_strategy="epoch",  # eval forwards must not reach the estimators
         save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     trainer = InOrderTrainer(
         model=model,
@@ -178,27 +197,15 @@ def train(
     output_dir: Path, callback, save_strategy: str, resume: Path | None = None, **overrides
 ) -> None:
     """2 epochs of 4 steps; lr > 0 so the weights (and the probe passes) change every step."""
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        report_to=[],
+    args = cpu_args(
+        output_dir,
         num_train_epochs=2,
-        per_device_train_batch_size=BATCH,
         learning_rate=1e-2,
         save_strategy=save_strategy,
         save_steps=2,
-        logging_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         **overrides,
     )
-    trainer = InOrderTrainer(
-        model=tiny_model(),
-        args=args,
-        train_dataset=random_examples(N_TRAIN),
-        data_collator=default_data_collator,
-        callbacks=[callback],
-    )
+    trainer = in_order_trainer(args, callback)
     trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
 
 
@@ -346,25 +353,10 @@ def _ddp_main(out_dir: str) -> None:
             "knowledge_entropy": KnowledgeEntropy(),
         }
     )
-    args = TrainingArguments(
-        output_dir=out_dir,
-        use_cpu=True,
-        report_to=[],
-        num_train_epochs=1,
-        per_device_train_batch_size=BATCH,
-        learning_rate=0.0,
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        ddp_backend="gloo",
+    args = cpu_args(
+        out_dir, num_train_epochs=1, learning_rate=0.0, save_strategy="no", ddp_backend="gloo"
     )
-    trainer = InOrderTrainer(
-        model=tiny_model(),
-        args=args,
-        train_dataset=random_examples(N_TRAIN),
-        data_collator=default_data_collator,
-        callbacks=[callback],
-    )
+    trainer = in_order_trainer(args, callback)
     trainer.train()
     rank = torch.distributed.get_rank()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(callback.profiles()))
@@ -372,21 +364,16 @@ def _ddp_main(out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_scores_the_global_batch_as_one_process(tmp_path):
-    import json
-    import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    proc = subprocess.run(
-        [*cmd, __file__, "--ddp", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+    ]
+    ranks = run_rank_script([*torchrun, __file__, "--ddp", str(tmp_path)], tmp_path)
     assert ranks[0]["finetune"]["cosine"] == ranks[1]["finetune"]["cosine"]
     fin = ranks[0]["finetune"]
     assert fin["cosine"]["num_batches"] == [N_TRAIN // (2 * BATCH)]  # 2 global batches of 8
