@@ -175,3 +175,32 @@ def max_positions(model: PreTrainedModel) -> int | None:
     if model.config.model_type in {"roberta", "xlm-roberta", "camembert"}:
         return int(n) - 2
     return int(n)
+
+
+def find_hf_model(module: torch.nn.Module, attr: str | None = None) -> torch.nn.Module:
+    """The outermost HF `PreTrainedModel` inside `module` (or `module.<attr>`)."""
+    from transformers import PreTrainedModel
+
+    if attr is not None:
+        found = module
+        for part in attr.split("."):
+            found = getattr(found, part)
+        module = found
+    for sub in module.modules():
+        if isinstance(sub, PreTrainedModel):
+            return sub
+    raise ValueError(
+        f"{type(module).__name__} holds no HF PreTrainedModel, so there are no hidden states to "
+        "score. Fix: pass model_attr='<attribute holding the HF model>' to LayerDynamicsCallback."
+    )
+
+
+def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain HF model equal to `model`, as a copy (peft's merge edits the module it is called
+    on), with LoRA merged into the weights if present."""
+    import copy
+
+    model = copy.deepcopy(model)
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return find_hf_model(model)

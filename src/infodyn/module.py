@@ -195,10 +195,3 @@ def apply_lora(model: torch.nn.Module, finetune: Mapping[str, Any]) -> torch.nn.
         target_modules=finetune.get("target_modules"),
     )
     return get_peft_model(model, config)
-
-
-def unwrap_hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The HF `PreTrainedModel` inside a (possibly peft-wrapped) model, LoRA merged if present."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model

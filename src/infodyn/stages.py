@@ -425,19 +425,14 @@ def _export(cfg: DictConfig, run_dir: Path, module: Any, dm: Any) -> None:
     # folder at once could fail)
     if not cfg.run.get("export_pruned_model", True) or rank_zero_only.rank != 0:
         return
-    import copy
-
-    from infodyn.module import unwrap_hf_model
+    from infodyn.models import merged_copy
     from infodyn.pruners.surgery import export_pruned
 
-    # a copy: merging LoRA must not change the module the caller still holds
-    export_pruned(
-        unwrap_hf_model(copy.deepcopy(module.model).cpu()), dm.tokenizer, run_dir / "model"
-    )
+    export_pruned(merged_copy(module.model).cpu(), dm.tokenizer, run_dir / "model")
 
 
 def _hf(model: torch.nn.Module) -> torch.nn.Module:
-    from infodyn.estimators.callback import find_hf_model
+    from infodyn.models import find_hf_model
 
     return find_hf_model(model)
 

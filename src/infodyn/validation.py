@@ -153,9 +153,8 @@ def check_output_dir(cfg: DictConfig, run_dir: Path) -> None:
 
 def preflight(cfg: DictConfig, module: Any, tokenizer: Any, pruner: Any, pruner_name: str) -> int:
     """Checks that need the built model (vocab, positions, k, protect); returns k."""
-    from infodyn.estimators.callback import find_hf_model
     from infodyn.layers import num_blocks
-    from infodyn.models import max_positions
+    from infodyn.models import find_hf_model, max_positions
     from infodyn.pruners.base import PrunerConfigError, check_protect
 
     hf_model = find_hf_model(module.model)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from infodyn.estimators.distributed import sum_over_processes
+from infodyn.models import find_hf_model
 
 log = logging.getLogger("infodyn")
 
@@ -37,24 +38,6 @@ INDEXING = (
     "(z_b, z_{b+1}) where z_0 is the embedding output and z_{b+1} the output of block b "
     "(the paper's 'layer b+1')"
 )
-
-
-def find_hf_model(module: nn.Module, attr: str | None = None) -> nn.Module:
-    """The outermost HF `PreTrainedModel` inside `module` (or `module.<attr>`)."""
-    from transformers import PreTrainedModel
-
-    if attr is not None:
-        found = module
-        for part in attr.split("."):
-            found = getattr(found, part)
-        module = found
-    for sub in module.modules():
-        if isinstance(sub, PreTrainedModel):
-            return sub
-    raise ValueError(
-        f"{type(module).__name__} holds no HF PreTrainedModel, so there are no hidden states to "
-        "score. Fix: pass model_attr='<attribute holding the HF model>' to LayerDynamicsCallback."
-    )
 
 
 def _called_module(root: nn.Module, hf_model: nn.Module) -> nn.Module:

@@ -55,11 +55,11 @@ from infodyn.estimators.callback import (
     check_estimators,
     estimators_state,
     feed_estimators,
-    find_hf_model,
     load_estimators_state,
     record_epoch,
     run_probe,
 )
+from infodyn.models import find_hf_model
 
 log = logging.getLogger("infodyn")
 

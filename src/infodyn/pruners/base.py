@@ -7,32 +7,86 @@ Scores are indexed by 0-based block index; NaN entries and `protect`ed blocks ar
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
-
-Source = Literal["estimator", "calibration", "none"]
+from torch import Tensor, nn
 
 
 class PrunerConfigError(ValueError):
     """A pruner argument that cannot work; the message names the input and the fix."""
 
 
-@runtime_checkable
-class LayerPruner(Protocol):
-    """Chooses which transformer blocks to remove.
+@dataclass
+class ScoringContext:
+    """What a pruner may use to score blocks, built by the score stage.
 
-    `source` says where `scores` come from: `"estimator"` (a training profile, reduced by the
-    pipeline), `"calibration"` (the pruner's own `calibrate(model, batches, k) -> Tensor [L]`), or
-    `"none"` (scores are ignored; pass e.g. `torch.full((L,), nan)`).
+    `calibration()` and `evaluate(...)` are lazy: a pruner that does not call them costs nothing.
     """
 
-    source: Source
+    model: nn.Module  # the fine-tuned HF model (PreTrainedModel, LoRA merged), eval mode
+    num_layers: int
+    k: int
+    seed: int
+    profiles: Mapping[str, Any]  # the fine-tuning stage's estimator profiles, by estimator key
+    estimators: Mapping[str, Any]  # built estimators (re-scoring on calibration data)
+    calibration: Callable[[], list[dict]]  # tokenized batches with labels, from the train split
+    # (model, batches) -> {"metric": main metric, "loss": mean loss}: how the task judges a model
+    evaluate: Callable[[nn.Module, list[dict]], dict[str, float]]
+    main_metric: str = "accuracy"
+
+
+@runtime_checkable
+class LayerPruner(Protocol):
+    """Everything the pipeline asks of a pruner; no pipeline code looks at a pruner's name.
+
+    Scores are per 0-based block. `score` returns the criterion's raw values (what a paper
+    reports); `prunability` maps them to "higher = remove first", which everything that ranks
+    uses; `select` chooses the blocks.
+    """
+
+    k: int | None
+    fraction: float | None
+    protect: tuple[int, ...]
+
+    def needs_estimator(self) -> str | None:
+        """The conf/estimator entry whose fine-tuning profile `score` reads, or None."""
+        ...
+
+    def num_to_remove(self, num_layers: int) -> int:
+        """How many blocks go from a model with `num_layers` blocks (0: keep all); validates."""
+        ...
+
+    def check(self, num_layers: int, estimators: Mapping[str, Any]) -> None:
+        """Raise `PrunerConfigError` for anything knowable before training (k, protect, the
+        estimator's kind); `estimators` are the built ones, keyed as in the config."""
+        ...
+
+    def training_signature(self) -> dict[str, Any]:
+        """What of this pruner changes fine-tuning ({} for most): part of the fine-tune's
+        identity, so a run that trains differently never shares or reuses another's stage."""
+        ...
+
+    def prepare_training(self, model: nn.Module, seed: int) -> None:
+        """Called on the HF model before fine-tuning (LayerDrop installs its layer dropout)."""
+        ...
+
+    def finish_training(self, model: nn.Module) -> None:
+        """Called on the HF model after fine-tuning; undoes `prepare_training`."""
+        ...
+
+    def score(self, ctx: ScoringContext) -> Tensor:
+        """Raw per-block values `[L]` (float64; NaN = no score for that block)."""
+        ...
+
+    def prunability(self, scores: Tensor) -> Tensor:
+        """`scores` oriented so that higher = remove first (NaN stays NaN)."""
+        ...
 
     def select(self, scores: Tensor, k: int) -> list[int]:
-        """Sorted 0-based indices of the `k` blocks to remove."""
+        """Sorted 0-based indices of the `k` blocks to remove, from raw `scores`."""
         ...
 
 

@@ -1,0 +1,128 @@
+"""Writing files so that a killed process never leaves half of one: the one home for it.
+
+Every writer goes to a temporary sibling (`.<name>.tmp-<pid>`) and renames it over the target;
+`remove_stale_temporaries` clears what a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("infodyn")
+
+TMP_MARK = ".tmp-"  # every temporary this module makes has it in its name
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)`, then rename the temporary over `path` (a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """JSON with NaN/inf refused (use `finite` first): strict readers choke on them."""
+    text = json.dumps(data, indent=2, allow_nan=False, default=_json_default)
+    return atomic_write_text(path, text + "\n")
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    return atomic_write(dst, lambda tmp: shutil.copy2(src, tmp))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it replaces `path` as a whole."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old{TMP_MARK}{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries a killed writer left under `folder`; returns what went."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    gone = []
+    for p in sorted(root.rglob(f".*{TMP_MARK}*")):
+        if not p.exists():  # inside a temporary folder removed just before
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(p)
+    if gone:
+        log.info("removed %d temporary file(s) a killed run left in %s", len(gone), root)
+    return gone
+
+
+def _json_default(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A JSON file, or None if absent. A corrupt file is reported by name and treated as absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        log.warning("%s is corrupt or truncated (%s); it is ignored.", path, err)
+        return None
+
+
+def finite(value: Any) -> Any:
+    """NaN/inf -> None recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
