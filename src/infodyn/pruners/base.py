@@ -194,7 +194,7 @@ class PrunerArgs:
         protect: 0-based blocks that are never removed.
     """
 
-    source: Source = "none"
+    source: str = "none"  # legacy: replaced by the protocol methods
 
     def __init__(
         self, k: int | None = 4, fraction: float | None = None, protect: Iterable[int] = ()
