@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from infodyn.estimators.distributed import sum_over_processes
+from infodyn.forward import eval_hidden_states
 from infodyn.models import find_hf_model
 
 log = logging.getLogger("infodyn")
@@ -157,23 +158,10 @@ def run_probe(
     hf_model: nn.Module, loader: Iterable, probes: Mapping[str, Any], device: Any
 ) -> None:
     """One probe pass: the HF model in eval mode over `loader`, hidden states to every probe."""
-    was_training = hf_model.training
-    hf_model.eval()
-    try:
-        for batch in loader:
-            batch = {
-                k: v.to(device)
-                for k, v in batch.items()
-                if k not in ("labels", "label") and isinstance(v, Tensor)
-            }
-            out = hf_model(**batch, output_hidden_states=True)
-            hidden = [h.float().cpu() for h in out.hidden_states]
-            mask = batch.get("attention_mask")
-            mask = torch.ones(hidden[0].shape[:2], dtype=torch.long) if mask is None else mask
-            for est in probes.values():
-                est.update(hidden, mask.cpu())
-    finally:
-        hf_model.train(was_training)
+    for hidden_states, mask in eval_hidden_states(hf_model, loader):
+        hidden = [h.float().cpu() for h in hidden_states]
+        for est in probes.values():
+            est.update(hidden, mask.cpu())
 
 
 def record_epoch(

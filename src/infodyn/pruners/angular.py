@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infodyn.forward import eval_hidden_states
 from infodyn.pruners.base import (
     PrunerArgs,
     PrunerConfigError,
-    calibration_hidden_states,
     check_k,
     check_protect,
+    require_batches,
 )
 
 TOKENS = ("mean", "last")
@@ -41,7 +42,7 @@ def angular_distances(
     sums: Tensor | None = None
     count = torch.zeros((), dtype=torch.float64)
     num_layers = 0
-    for hs, mask in calibration_hidden_states(model, batches):
+    for hs, mask in eval_hidden_states(model, require_batches(batches)):
         num_layers = len(hs) - 1
         check_k(k, num_layers)
         m = mask.to(torch.float64)

@@ -215,35 +215,11 @@ class PrunerArgs:
         return f"{type(self).__name__}({args})"
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "labels")
-
-
-def model_inputs(batch: dict, device: torch.device, labels: bool = False) -> dict[str, Tensor]:
-    """The tensors of a tokenized batch the HF model accepts, on `device`."""
-    keys = MODEL_INPUTS if labels else MODEL_INPUTS[:-1]
-    return {k: v.to(device) for k, v in batch.items() if k in keys and isinstance(v, Tensor)}
-
-
-@torch.no_grad()
-def calibration_hidden_states(model: torch.nn.Module, batches: list[dict]):
-    """Yield `(hidden_states, attention_mask)` per batch: eval mode, no grad, mode restored.
-
-    `hidden_states` is HF's L+1 tuple; padding is marked 0 in `attention_mask` `[B, T]`.
-    """
+def require_batches(batches: list[dict]) -> list[dict]:
+    """`batches`, refused when empty: a calibration criterion has nothing to measure."""
     if not batches:
         raise PrunerConfigError(
-            "calibration got no batches. Fix: give the pruner at least one calibration batch."
+            "calibration got no batches. Fix: give the pruner at least one calibration batch "
+            "(data.calibration_size >= 1)."
         )
-    was_training = model.training
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        for batch in batches:
-            inputs = model_inputs(batch, device)
-            out = model(**inputs, output_hidden_states=True)
-            mask = inputs.get("attention_mask")
-            if mask is None:
-                mask = torch.ones(inputs["input_ids"].shape, device=device)
-            yield out.hidden_states, mask
-    finally:
-        model.train(was_training)
+    return batches

@@ -9,13 +9,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from infodyn.forward import model_inputs
 from infodyn.layers import num_blocks
 from infodyn.pruners.base import (
     PrunerArgs,
     PrunerConfigError,
     check_protect,
     enough,
-    model_inputs,
     top_k,
 )
 from infodyn.pruners.surgery import remove_layers

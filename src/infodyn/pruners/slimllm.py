@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infodyn.pruners.base import PrunerArgs, calibration_hidden_states, top_k
+from infodyn.forward import eval_hidden_states
+from infodyn.pruners.base import PrunerArgs, require_batches, top_k
 
 
 @torch.no_grad()
@@ -18,7 +19,7 @@ def input_output_cosine(model: nn.Module, batches: list[dict]) -> Tensor:
     """
     sums: Tensor | None = None
     count = torch.zeros((), dtype=torch.float64)
-    for hs, mask in calibration_hidden_states(model, batches):
+    for hs, mask in eval_hidden_states(model, require_batches(batches)):
         m = mask.to(torch.float64)
         pairs = zip(hs[:-1], hs[1:], strict=True)
         cos = torch.stack([F.cosine_similarity(a.double(), b.double(), dim=-1) for a, b in pairs])
