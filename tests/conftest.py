@@ -72,7 +72,8 @@ TINY = [
     "stages.finetune_epochs=2",
     "stages.recover_epochs=1",
     "optim.lr=1e-3",
-    "run.throughput_batches=2",
+    "run.throughput_batches=1",
+    "run.throughput_seconds=0",
 ]
 
 

@@ -51,6 +51,7 @@ class GlueClassifier(pl.LightningModule):
         finetune: Mapping[str, Any] | None = None,
         pruned_layers: Sequence[int] = (),
         eval_split_names: Sequence[str] = ("validation",),
+        hf_model: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
         model, task, optim = _plain(model), _plain(task), _plain(optim)
@@ -66,17 +67,20 @@ class GlueClassifier(pl.LightningModule):
             }
         )
         self.is_regression = bool(task.get("is_regression", False))
-        self.model = build_model(
-            _Cfg(model),
-            num_labels=int(task["num_labels"]),
-            problem_type="regression" if self.is_regression else "single_label_classification",
-        )
-        if pruned_layers:
-            from infodyn.pruners.surgery import remove_layers
+        if hf_model is not None:  # `pruned()`: trained, already pruned and adapted
+            self.model = hf_model
+        else:
+            self.model = build_model(
+                _Cfg(model),
+                num_labels=int(task["num_labels"]),
+                problem_type="regression" if self.is_regression else "single_label_classification",
+            )
+            if pruned_layers:
+                from infodyn.pruners.surgery import remove_layers
 
-            remove_layers(self.model, list(pruned_layers))
-        if finetune.get("name", "full") == "lora":
-            self.model = apply_lora(self.model, finetune)
+                remove_layers(self.model, list(pruned_layers))
+            if finetune.get("name", "full") == "lora":
+                self.model = apply_lora(self.model, finetune)
         # from_pretrained returns eval mode and Lightning 2.6 keeps a module's mode at fit
         # start: without this, fine-tuning would silently run without dropout.
         self.model.train()
@@ -84,6 +88,19 @@ class GlueClassifier(pl.LightningModule):
         self.val_metrics = torch.nn.ModuleList(
             [build_metrics(task) for _ in self.eval_split_names]
         )
+
+    def pruned(self, layers: Sequence[int]) -> GlueClassifier:
+        """A new module holding a copy of this one's trained model without `layers` (0-based
+        blocks): one surgery, and hyper-parameters that let `load_from_checkpoint` rebuild it."""
+        import copy
+
+        from infodyn.models import find_hf_model
+        from infodyn.pruners.surgery import remove_layers
+
+        model = copy.deepcopy(self.model)
+        remove_layers(find_hf_model(model), list(layers))
+        hparams = {**self.hparams, "pruned_layers": sorted(int(i) for i in layers)}
+        return GlueClassifier(**hparams, hf_model=model)
 
     # -- forward and steps
     def forward(self, batch: Mapping[str, Tensor]) -> Any:

@@ -1,18 +1,17 @@
-"""One job: validate -> build -> run the stages -> `results.json`.
+"""One job: validate -> build -> check what the run dir holds -> run the stages -> results.json.
 
-`run(cfg)` validates every input before any training, builds data, model, estimators, pruner and
-loggers, runs the stages (`stages.py`; a rerun resumes them) and writes `results.json` (atomic:
-temp + rename). A job whose `results.json` is complete is skipped, so rerunning a sweep resumes it.
+Every input is checked before any training, and nothing is written before the checks pass. A
+run dir is reused (a finished job skipped, a killed one resumed) only when what it holds was made
+by a config that agrees with this one on every key that affects it (`reuse.py`).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,12 +23,19 @@ from infodyn.builders import (
     build_pruner,
     estimator_configs,
 )
-from infodyn.checkpoints import atomic_write_json, finite, read_json
 from infodyn.errors import ConfigError, TrainingDivergedError, user_errors
-from infodyn.stages import run_stages
+from infodyn.io import remove_stale_temporaries
+from infodyn.layers import num_blocks
+from infodyn.models import find_hf_model
+from infodyn.results import RunResult
+from infodyn.reuse import check_reuse, config_hash, flat_config
+from infodyn.stages import Finetune, Job, check_stored, run_stages, stages_for
 from infodyn.validation import check_output_dir, preflight, validate
 
 log = logging.getLogger("infodyn")
+
+# What a run dir holds that `run.overwrite=true` discards (never anything else in the dir).
+RUN_OUTPUTS = ("stages", "checkpoints", "model", "results.json", "config_resolved.yaml")
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -60,68 +66,96 @@ def _run(cfg: DictConfig) -> float | None:
     start = time.time()
     run_dir = run_dir_of(cfg)
     check_output_dir(cfg, run_dir)
-    results_path = run_dir / "results.json"
-    done = read_json(results_path)
-    if done and done.get("status") == "complete" and cfg.run.get("skip_if_complete", True):
-        log.info("%s is complete; skipping (delete it to rerun).", results_path)
-        return _main_value(done)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"the run dir {run_dir} is a file. Fix: run_dir=<a folder path>, or move the file."
+        )
+    done = _finished(cfg, run_dir)
+    if done is not None:
+        log.info("%s is complete; skipping (made by this same config).", run_dir / "results.json")
+        return done.main_value()
 
     validate(cfg)
-    pruner_name, pruner = build_pruner(cfg)
-    needed = (
-        getattr(pruner, "estimator", None)
-        if getattr(pruner, "source", "") == "estimator"
-        else None
-    )
-    estimators = build_estimators(cfg, needed)
-    names = {
-        "task": str(cfg.task.name),
-        "model": str(cfg.model.name),
-        "pruner": pruner_name,
-        "estimator": "+".join(sorted(estimator_configs(cfg))) or "none",
-        "job_name": _job_name(cfg, run_dir),
-    }
-
+    name, pruner = build_pruner(cfg)
+    estimators = build_estimators(cfg, pruner.needs_estimator())
     from infodyn.models import build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer, None)
     dm.validate()  # data files, columns, labels: before the model is even built
     module = build_module(cfg, list(dm.eval_split_names))
-    k = preflight(cfg, module, tokenizer, pruner, pruner_name)
+    preflight(cfg, module, tokenizer)
+    num_layers = num_blocks(find_hf_model(module.model))
+    k = pruner.num_to_remove(num_layers)
+    pruner.check(num_layers, estimators)
 
+    result = RunResult(
+        task=str(cfg.task.name),
+        model=str(cfg.model.name),
+        seed=int(cfg.seed),
+        pruner=name,
+        estimator="+".join(sorted(estimator_configs(cfg))) or "none",
+        finetune=str(cfg.finetune.name),
+        sweep=str(cfg.get("sweep_name", "manual")),
+        job_name=_job_name(cfg),
+        main_metric=str(cfg.task.main_metric),
+        status="running",
+    )
+    job = Job(cfg, run_dir, dm, estimators, pruner, k, [], module, result)
+    if cfg.run.get("overwrite", False):
+        _discard_outputs(run_dir)
+    check_stored(job, stages_for(job))  # a stale stage stops the run here, before any work
+
+    from infodyn import finetune_cache
+
+    shared = finetune_cache.for_job(cfg, config_hash(Finetune().config(job)))
     # Only now does the job write anything: a failed check leaves no outputs behind.
     run_dir.mkdir(parents=True, exist_ok=True)
-    if results_path.exists():  # stale (failed, or complete with skip_if_complete=false)
-        results_path.unlink()
+    remove_stale_temporaries(run_dir)
+    (run_dir / "results.json").unlink(missing_ok=True)  # failed, or made by an older code
     config_path = run_dir / "config_resolved.yaml"
     OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
 
-    loggers = build_loggers(cfg, run_dir, names)
+    job.loggers = build_loggers(cfg, run_dir, {**_names(result), "job_name": result.job_name})
     try:
-        results = run_stages(cfg, run_dir, dm, estimators, pruner, pruner_name, loggers, module, k)
-        results.update(
-            task=names["task"],
-            model=names["model"],
-            seed=int(cfg.seed),
-            pruner=pruner_name,
-            estimator=names["estimator"],
-            finetune=str(cfg.finetune.name),
-            sweep=str(cfg.get("sweep_name", "manual")),
-            job_name=names["job_name"],
-            main_metric=str(cfg.task.main_metric),
-            status="complete",
-            wall_time_s=round(time.time() - start, 3),
-            config_path=str(config_path.relative_to(run_dir)),
-        )
-        atomic_write_json(results_path, finite(results))
-        for lg in loggers:
-            _log_summary(lg, results)
-        log.info("results: %s", results_path)
-        return _main_value(results)
+        dm.setup("fit")
+        run_stages(job, shared)
+        result.status = "complete"
+        result.wall_time_s = round(time.time() - start, 3)
+        result.config_path = config_path.name
+        result.config_hash = config_hash(flat_config(cfg))
+        result.save(run_dir / "results.json")
+        _log_summary(job.loggers, result)
+        log.info("results: %s", run_dir / "results.json")
+        return result.main_value()
     finally:
-        for lg in loggers:
-            _close_logger(lg)
+        _close_loggers(job.loggers)
+
+
+def _finished(cfg: DictConfig, run_dir: Path) -> RunResult | None:
+    """The run dir's complete results when this config made them (None: run the job).
+
+    A complete results.json made by another config stops the run naming the keys."""
+    done = RunResult.load(run_dir / "results.json")
+    if done is None or not done.complete:
+        return None
+    if cfg.run.get("overwrite", False) or not cfg.run.get("skip_if_complete", True):
+        return None
+    stored = run_dir / "config_resolved.yaml"
+    made_by = flat_config(OmegaConf.load(stored)) if stored.is_file() else None
+    check_reuse("a finished run", run_dir / "results.json", made_by, flat_config(cfg))
+    return done
+
+
+def _discard_outputs(run_dir: Path) -> None:
+    """`run.overwrite=true`: what an earlier run left in the dir goes (nothing else)."""
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    log.info("run.overwrite=true: discarded the earlier outputs in %s", run_dir)
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -135,7 +169,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
     raise ConfigError("no output dir: run through `python -m infodyn`, or set run_dir=<path>.")
 
 
-def _job_name(cfg: DictConfig, run_dir: Path) -> str:
+def _job_name(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
@@ -145,36 +179,22 @@ def _job_name(cfg: DictConfig, run_dir: Path) -> str:
     return f"{cfg.task.name}-{cfg.model.name}-seed={cfg.seed}"
 
 
-def _main_value(results: Mapping[str, Any]) -> float | None:
-    metrics = results.get("metrics", {})
-    stage = next((s for s in ("final", "recover", "pruned", "finetune") if s in metrics), None)
-    return metrics.get(stage, {}).get(results.get("main_metric")) if stage else None
-
-
-def _log_summary(lg: Any, results: Mapping[str, Any]) -> None:
-    flat = {
-        f"{stage}/{k}": v
-        for stage, vals in results["metrics"].items()
-        for k, v in vals.items()
-        if isinstance(v, int | float)
+def _names(result: RunResult) -> dict[str, str]:
+    return {
+        "task": result.task,
+        "model": result.model,
+        "pruner": result.pruner,
+        "estimator": result.estimator,
     }
-    try:
-        lg.log_metrics(flat)
-        if type(lg).__name__ == "WandbLogger":
-            from infodyn.report import log_job_to_wandb
-
-            lg.experiment.summary.update(flat)
-            log_job_to_wandb(lg.experiment, results, Path(lg.save_dir or "."))
-    except Exception as err:  # noqa: BLE001 - tracking must never sink a finished job
-        log.warning("could not log the summary to %s: %s", type(lg).__name__, err)
 
 
-def _close_logger(lg: Any) -> None:
-    try:
-        lg.finalize("success")
-        if type(lg).__name__ == "WandbLogger":
-            import wandb
+def _log_summary(loggers: list, result: RunResult) -> None:
+    from infodyn.loggers import log_run_summary
 
-            wandb.finish()
-    except Exception as err:  # noqa: BLE001
-        log.warning("closing %s failed: %s", type(lg).__name__, err)
+    log_run_summary(loggers, result)
+
+
+def _close_loggers(loggers: list) -> None:
+    from infodyn.loggers import close_loggers
+
+    close_loggers(loggers)

@@ -151,11 +151,10 @@ def check_output_dir(cfg: DictConfig, run_dir: Path) -> None:
             )
 
 
-def preflight(cfg: DictConfig, module: Any, tokenizer: Any, pruner: Any, pruner_name: str) -> int:
-    """Checks that need the built model (vocab, positions, k, protect); returns k."""
-    from infodyn.layers import num_blocks
+def preflight(cfg: DictConfig, module: Any, tokenizer: Any) -> None:
+    """Checks that need the built model: the tokenizer fits its vocabulary, the sequence length
+    its positions. (The pruner checks k and protect itself: `LayerPruner.check`.)"""
     from infodyn.models import find_hf_model, max_positions
-    from infodyn.pruners.base import PrunerConfigError, check_protect
 
     hf_model = find_hf_model(module.model)
     embeddings = hf_model.get_input_embeddings()
@@ -173,24 +172,6 @@ def preflight(cfg: DictConfig, module: Any, tokenizer: Any, pruner: Any, pruner_
             f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
             f"limit of {limit} tokens. Fix: data.max_seq_length={limit} or less."
         )
-    num_layers = num_blocks(hf_model)
-    k = _resolve_k(pruner, num_layers, pruner_name)
-    protect = check_protect(getattr(pruner, "protect", None) or (), num_layers)
-    if k > num_layers - len(protect):
-        raise PrunerConfigError(
-            f"pruner.protect={sorted(protect)} leaves {num_layers - len(protect)} of "
-            f"{num_layers} blocks removable but pruner.k={k}. Fix: protect fewer blocks or "
-            f"lower pruner.k to {num_layers - len(protect)} or less."
-        )
-    return k
-
-
-def _resolve_k(pruner: Any, num_layers: int, name: str) -> int:
-    if name == "none":
-        return 0
-    from infodyn.pruners.base import resolve_k
-
-    return resolve_k(num_layers, getattr(pruner, "k", None), getattr(pruner, "fraction", None))
 
 
 def _check_strategy(cfg: DictConfig) -> None:

@@ -38,6 +38,7 @@ COMMON = [
     "stages.finetune_epochs=2",
     "stages.recover_epochs=1",
     "run.throughput_batches=1",
+    "run.throughput_seconds=0",
 ]
 
 

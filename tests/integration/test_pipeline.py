@@ -18,8 +18,6 @@ RESULT_KEYS = {
     "seed",
     "pruner",
     "metrics",
-    "num_layers",
-    "num_parameters",
     "wall_time_s",
     "config_path",
     "layer_scores",
@@ -32,6 +30,9 @@ RESULT_KEYS = {
     "profiles",
     "status",
     "main_metric",
+    "layer_prunability",
+    "config_hash",
+    "schema_version",
 }
 PRUNERS = sorted(p.stem for p in (CONF_DIR / "pruner").glob("*.yaml"))
 
@@ -166,6 +167,7 @@ def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
             "stages.finetune_epochs=1",
             "stages.recover_epochs=1",
             "run.throughput_batches=1",
+            "run.throughput_seconds=0",
         ],
         tmp_path,
         glue_dir,
@@ -181,36 +183,36 @@ def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
 
 
 def test_criteria_share_one_finetune_stage(tiny_cfg, tmp_path, monkeypatch) -> None:
-    import infodyn.stages as stages
+    import infodyn.training as training
 
     common = ["task=mrpc", "run.share_finetune=true", f"paths.finetune_cache={tmp_path / 'ft'}"]
     run(tiny_cfg(*common, "pruner=none", f"run_dir={tmp_path / 'none'}"))
     entries = [p for p in (tmp_path / "ft").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / "checkpoints/finetune/last.ckpt").is_file()
 
-    real_fit = stages._fit_stage
+    real_fit = training.fit_stage
 
     def no_second_finetune(cfg, run_dir, stage, *args, **kwargs):
         assert stage != "finetune", "the shared finetune stage was trained again"
         return real_fit(cfg, run_dir, stage, *args, **kwargs)
 
-    monkeypatch.setattr(stages, "_fit_stage", no_second_finetune)
+    monkeypatch.setattr(training, "fit_stage", no_second_finetune)
     run(tiny_cfg(*common, "pruner=redundancy", "pruner.k=1", f"run_dir={tmp_path / 'red'}"))
     base, red = results(tmp_path / "none"), results(tmp_path / "red")
     assert red["metrics"]["finetune"] == base["metrics"]["finetune"]
     assert red["profiles"]["finetune"] == base["profiles"]["finetune"]
 
-    # LayerDrop changes training: it must not reuse the plain fine-tune
-    from infodyn.finetune_cache import finetune_key
+    # LayerDrop changes training (its training_signature says so): never the plain fine-tune
+    from infodyn.builders import build_pruner
+    from infodyn.reuse import config_hash, stage_config
 
-    cfg_ld = tiny_cfg(*common, "pruner=layerdrop")
-    cfg_no = tiny_cfg(*common, "pruner=none")
-    assert finetune_key(cfg_ld, "layerdrop", cfg_ld.pruner, {}) != finetune_key(
-        cfg_no, "none", cfg_no.pruner, {}
-    )
-    assert finetune_key(cfg_no, "none", cfg_no.pruner, {}) == finetune_key(
-        tiny_cfg(*common, "pruner=slimllm"), "slimllm", cfg_no.pruner, {}
-    )
+    def key(*overrides: str) -> str:
+        cfg = tiny_cfg(*common, *overrides)
+        return config_hash(stage_config(cfg, "finetune", build_pruner(cfg)[1].training_signature()))
+
+    assert key("pruner=layerdrop") != key("pruner=none")
+    assert key("pruner=layerdrop") != key("pruner=layerdrop", "pruner.p=0.5")
+    assert key("pruner=none") == key("pruner=slimllm") == key("pruner=redundancy", "pruner.k=2")
 
 
 def test_progress_bar_on_a_terminal(tiny_cfg) -> None:

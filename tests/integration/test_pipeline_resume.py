@@ -1,7 +1,7 @@
 """SIGKILL a run mid-finetune, between stages and mid-recovery; the rerun ends where an
 uninterrupted run with the same seed ends (metrics, pruned layers, scores, profiles).
 
-The kill comes from `INFODYN_TEST_KILL_AT` (stages.KILL_ENV): `<stage>:<epoch>:<batch>` kills
+The kill comes from `INFODYN_TEST_KILL_AT` (killpoints.KILL_ENV): `<stage>:<epoch>:<batch>` kills
 at that training batch (after the epoch before it checkpointed), `after:<stage>` right after the
 stage's json is written.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from infodyn.stages import KILL_ENV
+from infodyn.killpoints import KILL_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,7 @@ ARGS = [
     "stages.recover_epochs=2",
     "optim.lr=1e-3",
     "run.throughput_batches=2",
+    "run.throughput_seconds=0",
     "trainer.enable_progress_bar=false",
 ]
 # timing, and the job name (built from the command line, which names each run_dir)

@@ -25,6 +25,7 @@ TINY = [
     "data.eval_limit=8",
     "data.calibration_size=8",
     "run.throughput_batches=1",
+    "run.throughput_seconds=0",
     "pruner.k=1",
 ]
 
