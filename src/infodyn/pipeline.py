@@ -88,6 +88,13 @@ def _run(cfg: DictConfig) -> float | None:
     num_layers = num_blocks(find_hf_model(module.model))
     k = pruner.num_to_remove(num_layers)
     pruner.check(num_layers, estimators)
+    if int(cfg.stages.finetune_epochs) == 0 and k > 0 and pruner.needs_profile():
+        raise ConfigError(
+            f"pruner={name} ranks blocks by the fine-tuning profile of estimator "
+            f"'{pruner.needs_estimator()}', and stages.finetune_epochs=0 records none. Fix: "
+            "pruner.reduce=calibration (scores the given model on data.calibration_size "
+            "training examples), or fine-tune (stages.finetune_epochs >= 1)."
+        )
 
     result = RunResult(
         task=str(cfg.task.name),

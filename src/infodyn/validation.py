@@ -44,8 +44,8 @@ def validate(cfg: DictConfig) -> None:
             "stages.finetune_epochs",
             cfg.stages.finetune_epochs,
             int,
-            lambda v: v >= 1,
-            "an integer >= 1",
+            lambda v: v >= 0,
+            "an integer >= 0",
         ),
         (
             "stages.recover_epochs",

@@ -52,7 +52,13 @@ class LayerPruner(Protocol):
     protect: tuple[int, ...]
 
     def needs_estimator(self) -> str | None:
-        """The conf/estimator entry whose fine-tuning profile `score` reads, or None."""
+        """The conf/estimator entry `score` uses (its fine-tuning profile, or re-scoring), or
+        None."""
+        ...
+
+    def needs_profile(self) -> bool:
+        """Whether `score` reads that estimator's fine-tuning profile (so a run must fine-tune
+        with it: `stages.finetune_epochs=0` records none)."""
         ...
 
     def num_to_remove(self, num_layers: int) -> int:
