@@ -208,7 +208,9 @@ def test_criteria_share_one_finetune_stage(tiny_cfg, tmp_path, monkeypatch) -> N
 
     def key(*overrides: str) -> str:
         cfg = tiny_cfg(*common, *overrides)
-        return config_hash(stage_config(cfg, "finetune", build_pruner(cfg)[1].training_signature()))
+        return config_hash(
+            stage_config(cfg, "finetune", build_pruner(cfg)[1].training_signature())
+        )
 
     assert key("pruner=layerdrop") != key("pruner=none")
     assert key("pruner=layerdrop") != key("pruner=layerdrop", "pruner.p=0.5")
