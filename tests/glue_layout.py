@@ -36,8 +36,8 @@ FOLDERS = {
 FILES = {"train": "train.tsv", "validation": "dev.tsv"}
 MNLI_FILES = {
     "train": "train.tsv",
-    "validation": "dev_matched.tsv",
-    "validation_mm": "dev_mismatched.tsv",
+    "validation_matched": "dev_matched.tsv",
+    "validation_mismatched": "dev_mismatched.tsv",
 }
 QUOTE_ROW = 1  # the row whose first sentence opens a quote it never closes
 

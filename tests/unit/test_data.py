@@ -71,7 +71,10 @@ def test_mnli_labels_and_both_dev_sets(tmp_path, tokenizer):
     loaders = dm.val_dataloader()
     assert len(loaders) == 2
     texts = [dm.raw_datasets[s]["premise"][0] for s in dm.eval_split_names]
-    assert texts == ["mnli validation row 0 part 1", "mnli validation_mm row 0 part 1"]
+    assert texts == [
+        "mnli validation_matched row 0 part 1",
+        "mnli validation_mismatched row 0 part 1",
+    ]
     assert [sum(len(b["labels"]) for b in loader) for loader in loaders] == [5, 5]
 
 
