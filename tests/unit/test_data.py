@@ -224,9 +224,15 @@ def test_offline_hub_fails_at_once(var, tmp_path, tokenizer, monkeypatch):
         raise AssertionError("must not touch the network when offline")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
+    # Offline, the client answers from its local cache: point it at an empty one.
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_hub"))
     dm = GlueDataModule(task_cfg("rte"), tokenizer, cache_dir=str(tmp_path / "cache"))
     assert dm.source == "hub"
-    with pytest.raises(DataConfigError, match=f"{var}=1.*GLUE_DIR=/path/to/glue_data"):
+    with pytest.raises(DataConfigError, match=f"{var}=1.*local Hugging Face cache.*GLUE_DIR="):
         dm.setup("fit")
 
 

@@ -132,7 +132,7 @@ class GlueDataModule(pl.LightningDataModule):
             self.raw_datasets = self._read_glue_dir()
         else:
             splits = ["train", *self.eval_split_names]
-            read = read_hub(self.task, self.hub_dataset, splits)
+            read = read_hub(self.task, self.hub_dataset, splits, self.cache_dir / "parquet")
             self.raw_datasets = {s: ds for s, (ds, _) in read.items()}
             self._sources = {s: src for s, (_, src) in read.items()}
         self._validated = True

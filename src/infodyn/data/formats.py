@@ -76,17 +76,13 @@ def check_score(value: Any, task: Mapping[str, Any], where: str) -> float:
 
 
 def check_class_id(value: Any, task: Mapping[str, Any], where: str) -> int:
-    """A hub class id in [0, num_labels); the hub marks unlabelled (test) rows with -1."""
+    """A hub label as a class id in [0, num_labels); else `DataConfigError`."""
     n = int(task["num_labels"])
-    if value == -1:
-        raise DataConfigError(
-            f"{where} has no labels (-1: the hub's mark for a test split). Fix: evaluate on a "
-            "labelled split (task.eval_splits, or the task's `hub_splits`)."
-        )
     if not isinstance(value, int) or not 0 <= value < n:
         raise DataConfigError(
-            f"{where}: label {value!r} is not a class id in [0, {n}) (task '{task['name']}'). "
-            f"Fix: use the GLUE data, or correct `num_labels` in conf/task/{task['name']}.yaml."
+            f"{where}: label {value!r} is not a class id in [0, {n}) (task '{task['name']}'; "
+            "-1 marks an unlabelled row). Fix: use the GLUE data, or correct `num_labels` in "
+            f"conf/task/{task['name']}.yaml."
         )
     return value
 

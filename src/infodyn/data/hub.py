@@ -10,6 +10,10 @@ builder, one split's files at a time, so it needs no network and no dataset scri
 The hub's labels are already class ids in `label_list` order (MNLI: entailment, neutral,
 contradiction) and float scores for STS-B; test splits are labelled -1 and are refused. The row
 policy (labels, empty sentences) is the TSV files' one, see `infodyn.data.formats`.
+
+With `HF_HUB_OFFLINE=1` (or `HF_DATASETS_OFFLINE=1`) a hub id is answered from the local
+Hugging Face cache only, at once; online, an unreachable host fails in seconds instead of the
+client's retries.
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ def is_local(dataset: str) -> bool:
 
 
 def read_hub(
-    task: Mapping[str, Any], dataset: str, splits: Sequence[str]
+    task: Mapping[str, Any], dataset: str, splits: Sequence[str], cache_dir: Path | None = None
 ) -> dict[str, tuple[Dataset, str]]:
     """Our split name -> (rows with the sentence columns and `labels`, a source identity).
 
     `splits` are the task's split names (`train` and its eval splits); `task.hub_splits` maps
-    them to the hub's (MNLI's `validation_matched`, ...).
+    them to the hub's (MNLI's `validation_matched`, ...). A local folder's arrow conversion is
+    kept under `cache_dir` (default: the datasets cache).
 
     Raises:
         DataConfigError: the hub is off or unreachable, or a config, split or column is missing.
@@ -64,32 +69,34 @@ def read_hub(
                 raise _missing_split(task, folder, split, hub_splits[split], files)
         for split in splits:
             where = f"{folder} split '{hub_splits[split]}'"
-            ds = _load_local(files[split], hub_splits[split])
+            ds = _load_local(files[split], hub_splits[split], cache_dir)
             stats = [
                 f"{f.resolve()}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files[split]
             ]
             out[split] = (_rows(task, ds, where), "hub-folder:" + "|".join(stats))
         return out
-    _check_online(task, dataset)
+    offline = _offline_var()
+    if offline is None:
+        _check_reachable(task, dataset)
     for split in splits:
         hub_split = hub_splits[split]
-        ds = _load_remote(task, dataset, hub_split)
+        ds = _load_remote(task, dataset, hub_split, offline)
         where = f"{dataset} '{task['hub_config']}' split '{hub_split}'"
         source = f"hub:{dataset}:{task['hub_config']}:{hub_split}:{ds._fingerprint}"
         out[split] = (_rows(task, ds, where), source)
     return out
 
 
-def _check_online(task: Mapping[str, Any], dataset: str) -> None:
-    """Fail at once instead of the hub client's retries when the hub cannot answer."""
+def _offline_var() -> str | None:
+    """The variable that turns the hub off (then only the local HF cache can answer), or None."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in _TRUE:
-            raise DataConfigError(
-                f"task '{task['name']}' has no GLUE_DIR, so it would come from the hub "
-                f"({dataset}, '{task['hub_config']}'), but {var}=1 turns the hub off. Fix: set "
-                "GLUE_DIR=/path/to/glue_data (the classic GLUE layout), or data.hub_dataset="
-                "<folder> (a local copy in the hub's layout), or go online."
-            )
+            return var
+    return None
+
+
+def _check_reachable(task: Mapping[str, Any], dataset: str) -> None:
+    """Fail at once instead of the hub client's long retries when the hub cannot answer."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlparse(endpoint).hostname or "huggingface.co"
     try:
@@ -101,12 +108,23 @@ def _check_online(task: Mapping[str, Any], dataset: str) -> None:
         ) from err
 
 
-def _load_remote(task: Mapping[str, Any], dataset: str, hub_split: str) -> Dataset:
+def _load_remote(
+    task: Mapping[str, Any], dataset: str, hub_split: str, offline: str | None
+) -> Dataset:
     from datasets import load_dataset
 
     try:
         return load_dataset(dataset, task["hub_config"], split=hub_split)
     except Exception as err:  # the hub raises many kinds; all mean "not available"
+        if offline:  # offline, the client answers at once from its cache or not at all
+            raise DataConfigError(
+                f"task '{task['name']}' has no GLUE_DIR, so it would come from the hub "
+                f"({dataset}, '{task['hub_config']}'), but {offline}=1 turns the hub off and "
+                f"the local Hugging Face cache does not hold split '{hub_split}' "
+                f"({err.__class__.__name__}). Fix: set GLUE_DIR=/path/to/glue_data (the "
+                "classic GLUE layout), or data.hub_dataset=<folder> (a local copy in the "
+                "hub's layout), or go online once to fill the cache."
+            ) from err
         raise DataConfigError(
             f"could not load {dataset} '{task['hub_config']}' split '{hub_split}': "
             f"{err.__class__.__name__}: {err}. Fix: check data.hub_dataset and the task's "
@@ -152,12 +170,15 @@ def _missing_split(
     )
 
 
-def _load_local(files: list[Path], hub_split: str) -> Dataset:
+def _load_local(files: list[Path], hub_split: str, cache_dir: Path | None) -> Dataset:
     from datasets import load_dataset
 
     try:
         return load_dataset(
-            "parquet", data_files={hub_split: [str(f) for f in files]}, split=hub_split
+            "parquet",
+            data_files={hub_split: [str(f) for f in files]},
+            split=hub_split,
+            cache_dir=str(cache_dir) if cache_dir else None,
         )
     except Exception as err:  # pyarrow and datasets raise many kinds for a bad file
         raise DataConfigError(
@@ -179,6 +200,11 @@ def _rows(task: Mapping[str, Any], ds: Dataset, where: str) -> Dataset:
     if len(ds) == 0:
         raise DataConfigError(f"{where} has no rows. Fix: use a complete copy of the dataset.")
     labels = np.asarray(ds["labels"])
+    if (labels == -1).all():
+        raise DataConfigError(
+            f"{where} has no labels (all -1: the hub's mark for a test split). Fix: evaluate on "
+            "a labelled split (task.eval_splits, or the task's `hub_splits`)."
+        )
     if task["is_regression"]:
         lo, hi = task.get("label_range") or (-np.inf, np.inf)
         bad = ~np.isfinite(labels) | (labels < lo) | (labels > hi)
@@ -187,7 +213,7 @@ def _rows(task: Mapping[str, Any], ds: Dataset, where: str) -> Dataset:
     else:
         bad = (labels < 0) | (labels >= int(task["num_labels"]))
         for i in np.flatnonzero(bad)[:1]:
-            check_class_id(int(labels[i]), task, f"{where} row {i}" if labels[i] != -1 else where)
+            check_class_id(labels[i].item(), task, f"{where} row {i}")
     blank = blank_rows({k: ds[k] for k in keys}, keys)
     if blank:
         warn_dropped(where, [f"row {i}" for i in blank])
