@@ -129,7 +129,9 @@ def test_missing_config_and_missing_folder_are_named(tmp_path, tokenizer):
     hub = hub_folder(tmp_path, "rte")
     with pytest.raises(DataConfigError, match=r"has no folder 'mrpc'.*\['rte'\]"):
         hub_dm("mrpc", hub, tmp_path, tokenizer).validate()
-    with pytest.raises(DataConfigError, match=r"data.hub_dataset=.*nowhere is not a folder"):
+    with pytest.raises(
+        DataConfigError, match=r"data.hub_dataset=.*nowhere \(.*nowhere\) is not a folder"
+    ):
         hub_dm("rte", tmp_path / "nowhere", tmp_path, tokenizer).validate()
 
 

@@ -62,7 +62,7 @@ def read_hub(
     hub_splits = {s: dict(task.get("hub_splits") or {}).get(s, s) for s in splits}
     out = {}
     if is_local(dataset):
-        folder = _config_folder(task, Path(dataset).expanduser())
+        folder = _config_folder(task, dataset)
         files = {s: sorted(folder.glob(f"{hub_splits[s]}-*.parquet")) for s in splits}
         for split in splits:
             if not files[split]:
@@ -132,18 +132,19 @@ def _load_remote(
         ) from err
 
 
-def _config_folder(task: Mapping[str, Any], root: Path) -> Path:
+def _config_folder(task: Mapping[str, Any], dataset: str) -> Path:
+    root = Path(dataset).expanduser().absolute()
     if not root.is_dir():
         raise DataConfigError(
-            f"data.hub_dataset={root} is not a folder. Fix: give a hub dataset id (default "
-            f"nyu-mll/glue) or a folder in the hub's layout (<folder>/{task['hub_config']}/"
-            "train-00000-of-00001.parquet, ...)."
+            f"data.hub_dataset={dataset} ({root}) is not a folder. Fix: give a hub dataset id "
+            f"(default nyu-mll/glue) or a folder in the hub's layout (<folder>/"
+            f"{task['hub_config']}/train-00000-of-00001.parquet, ...)."
         )
     folder = root / task["hub_config"]
     if not folder.is_dir():
         have = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         raise DataConfigError(
-            f"data.hub_dataset={root} has no folder '{task['hub_config']}' for task "
+            f"data.hub_dataset={dataset} has no folder '{task['hub_config']}' for task "
             f"'{task['name']}' (it has {have}). Fix: use a copy of the hub repository with that "
             "config, or correct `hub_config` in the task's yaml."
         )
