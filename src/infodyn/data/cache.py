@@ -133,4 +133,7 @@ def save_cached(path: Path, ds: Dataset) -> Dataset:
         atomic_write_json(
             tmp / MANIFEST, {"version": CACHE_VERSION, "rows": len(ds), "files": _files(tmp)}
         )
-    return load_from_disk(str(path))
+    try:
+        return load_from_disk(str(path))
+    except FileNotFoundError:  # a parallel job's identical write is replacing it right now
+        return ds
