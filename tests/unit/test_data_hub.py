@@ -159,9 +159,10 @@ def test_bad_hub_labels_name_split_and_row(task, value, words, tmp_path, tokeniz
     assert words in str(err.value) and "Fix:" in str(err.value)
 
 
-def test_blank_hub_sentences_are_dropped_with_a_count(tmp_path, tokenizer, caplog):
+@pytest.mark.parametrize("blank", ["  ", "", None])
+def test_blank_hub_sentences_are_dropped_with_a_count(blank, tmp_path, tokenizer, caplog):
     hub = hub_folder(tmp_path, "mrpc")
-    _rewrite(hub / "mrpc" / "train-00000-of-00001.parquet", "sentence2", 4, "  ")
+    _rewrite(hub / "mrpc" / "train-00000-of-00001.parquet", "sentence2", 4, blank)
     with caplog.at_level(logging.WARNING, logger="infodyn.data"):
         dm = hub_dm("mrpc", hub, tmp_path, tokenizer)
         dm.validate()

@@ -88,10 +88,12 @@ def check_class_id(value: Any, task: Mapping[str, Any], where: str) -> int:
 
 
 def blank_rows(rows: Mapping[str, Sequence[str]], keys: Sequence[str]) -> list[int]:
-    """Indices of the rows whose sentence in any of `keys` is empty or only whitespace."""
+    """Indices of the rows whose sentence in any of `keys` is missing, empty or only whitespace."""
     columns = [rows[k] for k in keys]
     return [
-        i for i, texts in enumerate(zip(*columns, strict=True)) if not all(map(str.strip, texts))
+        i
+        for i, texts in enumerate(zip(*columns, strict=True))
+        if not all(t is not None and t.strip() for t in texts)
     ]
 
 
