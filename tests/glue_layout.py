@@ -36,8 +36,8 @@ FOLDERS = {
 FILES = {"train": "train.tsv", "validation": "dev.tsv"}
 MNLI_FILES = {
     "train": "train.tsv",
-    "validation": "dev_matched.tsv",
-    "validation_mm": "dev_mismatched.tsv",
+    "validation_matched": "dev_matched.tsv",
+    "validation_mismatched": "dev_mismatched.tsv",
 }
 QUOTE_ROW = 1  # the row whose first sentence opens a quote it never closes
 
@@ -151,3 +151,67 @@ def write_glue_task(
 def write_all_tasks(root: Path | str, n_train: int = 12, n_dev: int = 6) -> dict[str, dict]:
     """All eight tasks under `root`; task name -> what `write_glue_task` returned."""
     return {t: write_glue_task(root, t, n_train, n_dev) for t in FOLDERS}
+
+
+# ------------------------------------------------------------------ the hub repository's layout
+
+# task -> (TSV column -> hub column) for the text columns, then the TSV label column.
+HUB_COLUMNS = {
+    "cola": ({3: "sentence"}, 1),  # headerless: column positions
+    "sst2": ({"sentence": "sentence"}, "label"),
+    "mrpc": ({"#1 String": "sentence1", "#2 String": "sentence2"}, "Quality"),
+    "stsb": ({"sentence1": "sentence1", "sentence2": "sentence2"}, "score"),
+    "qqp": ({"question1": "question1", "question2": "question2"}, "is_duplicate"),
+    "mnli": ({"sentence1": "premise", "sentence2": "hypothesis"}, "gold_label"),
+    "qnli": ({"question": "question", "sentence": "sentence"}, "label"),
+    "rte": ({"sentence1": "sentence1", "sentence2": "sentence2"}, "label"),
+}
+# TSV file -> the hub splits made from it; a test split gets the dev rows, labelled -1.
+HUB_SPLITS = {
+    "train.tsv": ["train"],
+    "dev.tsv": ["validation", "test"],
+    "dev_matched.tsv": ["validation_matched", "test_matched"],
+    "dev_mismatched.tsv": ["validation_mismatched", "test_mismatched"],
+}
+
+
+def _read_glue_tsv(path: Path, task: str) -> list[list[str]]:
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return rows
+
+
+def write_hub_task(glue_root: Path | str, hub_root: Path | str, task: str) -> Path:
+    """Convert `glue_root/<Folder>/*.tsv` into `hub_root/<config>/<split>-00000-of-00001.parquet`.
+
+    The columns, split names and label encoding are the `nyu-mll/glue` repository's: hub column
+    names, `label` as a class id (a float score for STS-B), `idx`, and test splits with -1.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts, label_col = HUB_COLUMNS[task]
+    out = Path(hub_root) / task
+    out.mkdir(parents=True, exist_ok=True)
+    for name in split_files(task).values():
+        rows = _read_glue_tsv(Path(glue_root) / FOLDERS[task] / name, task)
+        header = None if task == "cola" else rows.pop(0)
+
+        def col(key, rows=rows, header=header):
+            i = key if header is None else header.index(key)
+            return [r[i] for r in rows]
+
+        table = {hub: col(tsv) for tsv, hub in texts.items()}
+        raw = col(label_col)
+        labels = (
+            [float(x) for x in raw] if task == "stsb" else [RAW_LABELS[task].index(x) for x in raw]
+        )
+        for split in HUB_SPLITS[name]:
+            test = split.startswith("test")
+            unlabelled = [-1.0 if task == "stsb" else -1] * len(labels)
+            cols = {**table, "label": unlabelled if test else labels}
+            cols["idx"] = list(range(len(labels)))
+            pq.write_table(pa.table(cols), out / f"{split}-00000-of-00001.parquet")
+    return out

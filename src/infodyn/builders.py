@@ -115,6 +115,7 @@ def build_pruner(cfg: DictConfig) -> tuple[str, Any]:
 
 def build_datamodule(cfg: DictConfig, tokenizer: Any, model_max_length: int | None) -> Any:
     from infodyn.data import GlueDataModule
+    from infodyn.data.hub import HUB_DATASET
 
     return GlueDataModule(
         task=OmegaConf.to_container(cfg.task, resolve=True),
@@ -129,6 +130,7 @@ def build_datamodule(cfg: DictConfig, tokenizer: Any, model_max_length: int | No
         num_workers=int(cfg.data.get("num_workers", 0)),
         cache_dir=cfg.paths.get("cache_dir"),
         model_max_length=model_max_length,
+        hub_dataset=cfg.data.get("hub_dataset") or HUB_DATASET,
     )
 
 

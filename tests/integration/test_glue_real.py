@@ -62,3 +62,24 @@ def test_real_task_rows_and_labels(task, tmp_path):
     batch = next(iter(dm.val_dataloader()[0]))
     assert batch["input_ids"].shape[0] == 64
     assert batch["input_ids"].shape[1] <= 128
+
+
+@pytest.mark.parametrize("task", ["mrpc", "stsb", "rte"])
+def test_real_task_through_a_hub_layout_copy(task, tmp_path, monkeypatch):
+    """The real files converted to the hub repository's layout read back row for row."""
+    from glue_layout import write_hub_task
+
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    write_hub_task(GLUE_DIR, tmp_path / "hub", task)
+    cfg = OmegaConf.load(TASK_DIR / f"{task}.yaml")
+    tok = char_tokenizer()
+    from_tsv = GlueDataModule(cfg, tok, glue_dir=GLUE_DIR, cache_dir=str(tmp_path / "a"))
+    from_hub = GlueDataModule(
+        cfg, tok, hub_dataset=str(tmp_path / "hub"), cache_dir=str(tmp_path / "b")
+    )
+    from_tsv.validate()
+    from_hub.validate()
+    assert from_hub.source == "hub"
+    for split in ("train", "validation"):
+        assert from_hub.raw_datasets[split].to_dict() == from_tsv.raw_datasets[split].to_dict()
+    assert len(from_hub.raw_datasets["validation"]) == EXPECTED[task][1]

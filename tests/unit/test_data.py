@@ -71,7 +71,10 @@ def test_mnli_labels_and_both_dev_sets(tmp_path, tokenizer):
     loaders = dm.val_dataloader()
     assert len(loaders) == 2
     texts = [dm.raw_datasets[s]["premise"][0] for s in dm.eval_split_names]
-    assert texts == ["mnli validation row 0 part 1", "mnli validation_mm row 0 part 1"]
+    assert texts == [
+        "mnli validation_matched row 0 part 1",
+        "mnli validation_mismatched row 0 part 1",
+    ]
     assert [sum(len(b["labels"]) for b in loader) for loader in loaders] == [5, 5]
 
 
@@ -221,9 +224,15 @@ def test_offline_hub_fails_at_once(var, tmp_path, tokenizer, monkeypatch):
         raise AssertionError("must not touch the network when offline")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
+    # Offline, the client answers from its local cache: point it at an empty one.
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_hub"))
     dm = GlueDataModule(task_cfg("rte"), tokenizer, cache_dir=str(tmp_path / "cache"))
     assert dm.source == "hub"
-    with pytest.raises(DataConfigError, match=f"{var}=1.*GLUE_DIR=/path/to/glue_data"):
+    with pytest.raises(DataConfigError, match=f"{var}=1.*local Hugging Face cache.*GLUE_DIR="):
         dm.setup("fit")
 
 
