@@ -15,7 +15,7 @@ from infodyn.forward import model_inputs
 
 
 def evaluate(cfg: DictConfig, module: Any, dm: Any, loggers: list | None = None) -> dict:
-    """Dev metrics as {metric: value}; MNLI's mismatched split adds `<metric>_mm`.
+    """Dev metrics as {metric: value}; a second split adds `<metric>_<split>` (MNLI: `accuracy_mismatched`).
 
     An evaluation trainer: under DDP every process sees the whole dev set (the fit trainer
     would shard it and pad with repeats).
