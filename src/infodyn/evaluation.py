@@ -15,7 +15,8 @@ from infodyn.forward import model_inputs
 
 
 def evaluate(cfg: DictConfig, module: Any, dm: Any, loggers: list | None = None) -> dict:
-    """Dev metrics as {metric: value}; a second split adds `<metric>_<split>` (MNLI: `accuracy_mismatched`).
+    """Dev metrics as {metric: value}; a further split adds `<metric>_<split>` (MNLI's
+    `accuracy_mismatched`).
 
     An evaluation trainer: under DDP every process sees the whole dev set (the fit trainer
     would shard it and pad with repeats).
