@@ -317,8 +317,9 @@ def _hub_error(path: str, err: Exception) -> ModelConfigError:
         if offline
         else "Check the id, or go offline-safe with model=minilm_l6 / model=roberta_tiny."
     )
+    cause = " ".join(str(err).split()).rstrip(".")  # one paragraph: transformers wraps lines
     return ModelConfigError(
-        f"could not load model '{path}': {err.__class__.__name__}: {err}. {hint}"
+        f"could not load model '{path}': {err.__class__.__name__}: {cause}. {hint}"
     )
 
 
