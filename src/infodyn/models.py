@@ -124,8 +124,9 @@ class SplitZipArchive:
 
     def missing_message(self, missing: list[str]) -> str:
         return (
-            f"the pretrained {self.hub_id} is an optional extra ('{self.extra}', ~400 MB in "
-            f"{len(self.packages)} pip packages) that is not installed (missing: "
+            f"the pretrained {self.hub_id} is an optional extra ('{self.extra}', "
+            f"{sum(self.part_sizes) / 1e6:.0f} MB in {len(self.packages)} pip packages) that is "
+            "not installed (missing: "
             f"{', '.join(missing)}). Fix: `make {self.extra}` in the repository, or "
             f"`{self.install_command()}`."
         )
@@ -162,12 +163,11 @@ def _archive_parts(archive: SplitZipArchive) -> list[Path]:
     parts, missing = [], []
     for i, package in enumerate(archive.packages):
         try:
-            path = Path(str(importlib.metadata.distribution(package).locate_file(
-                archive.part_file(i)
-            )))  # fmt: skip
+            dist = importlib.metadata.distribution(package)
         except importlib.metadata.PackageNotFoundError:
             missing.append(package)
             continue
+        path = Path(str(dist.locate_file(archive.part_file(i))))
         if not path.is_file():
             missing.append(f"{package} (no {archive.part_file(i)})")
             continue
@@ -179,11 +179,11 @@ def _archive_parts(archive: SplitZipArchive) -> list[Path]:
 
 def _assembled(folder: Path, archive: SplitZipArchive) -> bool:
     try:
-        return (folder / _MARKER).read_text().strip() == archive.sha256 and (
-            folder / "model.safetensors"
-        ).stat().st_size == archive.weights_size
+        marker = (folder / _MARKER).read_text().strip()
+        weights = (folder / "model.safetensors").stat().st_size
     except OSError:
         return False
+    return marker == archive.sha256 and weights == archive.weights_size
 
 
 @contextlib.contextmanager
