@@ -305,6 +305,17 @@ def resolve_model_path(model_cfg: Any) -> str | None:
     )
 
 
+def base_model_id(model_cfg: Any) -> str | None:
+    """The hub id a model entry is a copy of (a model card's `base_model`), or None."""
+    if model_cfg.get("hub_id"):
+        return str(model_cfg.hub_id)
+    if model_cfg.source == "hub":
+        name = str(model_cfg.name_or_path)
+        if not Path(name).expanduser().exists() and name.count("/") == 1:
+            return name
+    return None
+
+
 def _hub_error(path: str, err: Exception) -> ModelConfigError:
     from huggingface_hub import constants
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +134,32 @@ def test_export_merges_peft_also_inside_a_wrapper(tmp_path):
     assert not any("lora" in k for k in loaded.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch()).logits, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("entry", "want"),
+    [
+        ({"source": "hub", "name_or_path": "FacebookAI/roberta-base"}, "FacebookAI/roberta-base"),
+        ({"source": "hub", "name_or_path": "/no/such/folder"}, None),
+        ({"source": "package", "package": "p", "hub_id": "org/m"}, "org/m"),
+        ({"source": "random", "arch": "roberta"}, None),
+    ],
+)
+def test_base_model_id(entry, want):
+    from omegaconf import OmegaConf
+
+    from infodyn.models import base_model_id
+
+    assert base_model_id(OmegaConf.create(entry)) == want
+
+
+def test_every_pretrained_entry_names_its_base_model():
+    from omegaconf import OmegaConf
+
+    from infodyn.models import base_model_id
+
+    conf = Path(__file__).parents[2] / "conf" / "model"
+    for path in sorted(conf.glob("*.yaml")):
+        entry = OmegaConf.load(path)
+        if entry.source != "random":
+            assert base_model_id(entry), path.name
