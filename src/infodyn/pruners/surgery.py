@@ -8,12 +8,7 @@ Rebuild the optimizer afterwards: the removed parameters are gone.
 
 from __future__ import annotations
 
-import copy
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
 from torch import nn
 
@@ -45,8 +40,9 @@ def _check_indices(layers: Iterable[int], num_layers: int) -> list[int]:
 def remove_layers(model: nn.Module, layers: Iterable[int]) -> nn.Module:
     """Remove the 0-based blocks `layers` from `model` in place and return it.
 
-    Works for RoBERTa, BERT, GPT-2 and Llama-style models, bare, under a classification head or
-    wrapped by peft. Updates `config.num_hidden_layers` (GPT-2's `n_layer` is an alias of it),
+    Works for RoBERTa, BERT, MPNet, GPT-2 and Llama-style models, bare, under a classification
+    head or wrapped by peft. MPNet's relative attention bias sits in the encoder, shared by all
+    blocks, and stays. Updates `config.num_hidden_layers` (GPT-2's `n_layer` is an alias of it),
     `config.layer_types` if present, and every `layer_idx` inside the kept blocks (used by the KV
     cache). GPT-2's `scale_attn_by_inverse_layer_idx` scaling is fixed at construction and is
     kept, so a kept block computes what it computed before.
@@ -71,30 +67,11 @@ def remove_layers(model: nn.Module, layers: Iterable[int]) -> nn.Module:
     return model
 
 
-def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Save `model` (safetensors) and `tokenizer` to `out_dir`, atomically.
+def __getattr__(name: str) -> object:
+    # Transitional: export moved to infodyn.export.export_model (surgery only edits models);
+    # kept until pruners/__init__.py and stages.py import it from there.
+    if name == "export_pruned":
+        from infodyn.export import export_model
 
-    Written to a temporary sibling folder, then renamed over `out_dir`, so a crash never leaves a
-    half-written model. A peft model is merged (on a copy) into plain weights first, so the
-    folder loads with `AutoModelForSequenceClassification.from_pretrained(out_dir)`.
-    """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "merge_and_unload"):
-        model = copy.deepcopy(model).merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        return export_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
