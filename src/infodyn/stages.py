@@ -360,15 +360,34 @@ def run_stages(job: Job, shared: Any = None) -> RunResult:
 
 
 def export(job: Job, module: Any) -> None:
-    """Process 0 writes the model the run ends with (two processes renaming one folder fail)."""
+    """Process 0 writes the model the run ends with, its labels and a model card saying what
+    was removed and why (two processes renaming one folder could fail)."""
     from pytorch_lightning.utilities import rank_zero_only
 
-    if not job.cfg.run.get("export_pruned_model", True) or rank_zero_only.rank != 0:
+    cfg, res = job.cfg, job.result
+    if not cfg.run.get("export_pruned_model", True) or rank_zero_only.rank != 0:
         return
-    from infodyn.models import merged_copy
-    from infodyn.pruners.surgery import export_pruned
+    if int(cfg.stages.finetune_epochs) == 0 and job.k == 0:
+        return  # evaluate-only: the model is the one given, unchanged
+    from infodyn.export import export_model, model_card
+    from infodyn.models import base_model_id
 
-    export_pruned(merged_copy(module.model).cpu(), job.dm.tokenizer, job.run_dir / "model")
+    labels = cfg.task.get("label_names")
+    labels = [str(x) for x in labels] if labels else None
+    card = model_card(
+        base_model_id(cfg.model),
+        res.task,
+        res.pruner,
+        res.pruned_layers,
+        res.num_layers_before or 0,
+        res.metrics,
+        labels=labels,
+        num_parameters_before=res.num_parameters_before,
+        num_parameters_after=res.num_parameters_after,
+        finetune=res.finetune,
+        seed=res.seed,
+    )
+    export_model(module.model, job.dm.tokenizer, job.run_dir / "model", labels=labels, card=card)
 
 
 def _floats(t: torch.Tensor) -> list[float | None]:
