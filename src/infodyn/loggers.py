@@ -254,7 +254,8 @@ def summary_table(result: RunResult, run_dir: str | Path) -> str:
     for stage in stages:
         names += [k for k in result.metrics[stage] if k not in names]
     main = result.main_metric
-    names.sort(key=lambda k: (k != main, k == "loss" or k.startswith("loss_"), names.index(k)))
+    first = {k: i for i, k in enumerate(names)}  # main metric first, losses last
+    names.sort(key=lambda k: (k != main, k == "loss" or k.startswith("loss_"), first[k]))
     lines = [
         f"{result.task} · {result.model} · pruner {result.pruner} · estimator {result.estimator}"
         f" · {result.finetune} · seed {result.seed}"
