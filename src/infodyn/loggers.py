@@ -283,7 +283,7 @@ def summary_table(result: RunResult, run_dir: str | Path) -> str:
     if t is not None:
         lines.append(
             f"speed-up: {t.speedup:.2f}x (eval {t.before:,.0f} -> {t.after:,.0f} examples/s, "
-            f"{t.batches} batches)"
+            f"{t.batches} batch{'es' if t.batches != 1 else ''})"
         )
     if result.wall_time_s is not None:
         lines.append(f"wall time: {result.wall_time_s:.1f} s")

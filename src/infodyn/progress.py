@@ -62,10 +62,27 @@ class LineProgress(pl.Callback):
             left,
         )
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stop = trainer.early_stopping_callback
+        if stop is None or trainer.current_epoch >= trainer.max_epochs:
+            return
+        log.info(
+            "[%s] early stop after epoch %d/%d: %s did not improve for %d epoch(s) (best %.4f)",
+            self._stage,
+            stop.stopped_epoch + 1,
+            trainer.max_epochs,
+            stop.monitor,
+            stop.wait_count,
+            float(stop.best_score),
+        )
+
 
 def _epoch_metrics(metrics) -> str:
-    """`; train/loss 0.6931 val/accuracy 0.5000` from this epoch's logged values."""
-    keys = [k for k in metrics if k == "train/loss_epoch" or k.startswith("val/")]
+    """`; val/accuracy 0.5000 val/loss 0.6931 train/loss 0.6937` from this epoch's values."""
+    val = [k for k in metrics if k.startswith("val/")]
+    keys = sorted(val, key=lambda k: k == "val/loss") + ["train/loss_epoch"] * (
+        "train/loss_epoch" in metrics
+    )
     parts = [f"{k.removesuffix('_epoch')} {float(metrics[k]):.4f}" for k in keys]
     return f"; {' '.join(parts)}" if parts else ""
 

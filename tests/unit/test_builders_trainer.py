@@ -145,3 +145,17 @@ def test_a_logger_that_cannot_be_built_names_its_entry(tmp_path) -> None:
     cfg = cfg_of("logger=csv", "+logger.junk=3")
     with pytest.raises(ConfigError, match=r"logger\.junk has no _target_.*Fix"):
         build_loggers(cfg, tmp_path, NAMES)
+
+
+@pytest.mark.parametrize("option", ["none", "default", "early_stopping", "model_checkpoint"])
+def test_every_callbacks_option_builds(tmp_path, option) -> None:
+    cbs = build_callbacks(cfg_of(f"callbacks={option}", "task=stsb"), tmp_path)
+    assert len(cbs) == {"none": 0, "default": 2}.get(option, 1)
+    assert all(c.monitor == "val/pearson" for c in cbs)  # the task's main metric
+
+
+@pytest.mark.parametrize("option", ["none", "csv", "wandb"])
+def test_every_logger_option_composes_to_targets(option) -> None:
+    node = cfg_of(f"logger={option}").logger
+    assert all("_target_" in sub for sub in node.values())
+    assert len(node) == (0 if option == "none" else 1)

@@ -74,6 +74,25 @@ def test_lightning_banners_print_once_and_tips_never(tmp_path, captured) -> None
     assert len(epochs) == 2 and all("val/accuracy 0.5000" in line for line in epochs)
 
 
+def test_the_plain_log_says_when_and_why_a_stage_stopped_early(tmp_path, captured) -> None:
+    cfg = compose_config(
+        [
+            "trainer=cpu",
+            "logger=none",
+            "callbacks=early_stopping",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
+    trainer = build_trainer(cfg, 6, [], [], tmp_path)
+    module = ScriptedClassifier(script=[0.9, 0.5, 0.4, 0.3])
+    trainer.fit(module, token_loader(), val_dataloaders=token_loader(seed=1))
+    (line,) = [line for line in captured if "early stop" in line]
+    assert line == (
+        "[train] early stop after epoch 3/6: val/accuracy did not improve for 2 epoch(s) "
+        "(best 0.9000)"
+    )
+
+
 def test_an_early_stop_is_still_reported(captured) -> None:
     progress.quiet_libraries(tty=False)
     log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
