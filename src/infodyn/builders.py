@@ -150,40 +150,135 @@ def build_module(cfg: DictConfig, eval_split_names: list[str], pruned: list[int]
     )
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, names: Mapping[str, str]) -> list[Any]:
-    kind = cfg.logger.get("name", "none")
-    if kind == "none":
-        return []
-    if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
+def _targets(cfg: DictConfig, group: str) -> dict[str, dict[str, Any]]:
+    """`cfg.<group>` as key -> plain `_target_` mapping (a group holding several, as
+    lightning-hydra-template's logger and callbacks groups do)."""
+    node = cfg.get(group) or {}
+    hint = f"choose from conf/{group} ({', '.join(_options(group))}), e.g. {group}=none"
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{group} must be a mapping of `_target_` configs. Fix: {hint}.")
+    out = {}
+    for key, sub in node.items():
+        if not isinstance(sub, Mapping) or "_target_" not in sub:
+            raise ConfigError(f"{group}.{key} has no _target_. Fix: {hint}.")
+        out[str(key)] = OmegaConf.to_container(sub, resolve=True)
+    return out
 
-        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    if kind == "wandb":
-        from pytorch_lightning.loggers import WandbLogger
 
-        os.environ.setdefault("WANDB_SILENT", "true")
-        return [
-            WandbLogger(
-                project=cfg.logger.project,
-                group=str(cfg.logger.group),
-                job_type=str(cfg.logger.job_type),
-                name=names["job_name"],
-                tags=[
-                    f"pruner:{names['pruner']}",
-                    f"estimator:{names['estimator']}",
-                    f"model:{names['model']}",
-                    f"finetune:{cfg.finetune.name}",
-                ],
-                mode=str(cfg.logger.mode),
-                save_dir=str(run_dir),
-                config=OmegaConf.to_container(cfg, resolve=True),
+def _instantiate(group: str, key: str, node: dict[str, Any]) -> Any:
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except Exception as err:  # noqa: BLE001 - re-raised with the input named
+        raise ConfigError(
+            f"{group}.{key} ({node['_target_']}) could not be built: {_root_cause(err)}. "
+            f"Fix: correct {group}.{key}.* (see conf/{group}/{key}.yaml)."
+        ) from err
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, names: Mapping[str, str]) -> Any:
+    """The `logger` group's Lightning loggers, as a `loggers.RunLoggers`.
+
+    A `save_dir`, `name` or `tags` left null in a logger's YAML is filled with the job's run
+    dir, job name and tags; the resolved config is logged as the run's hyperparameters.
+    """
+    from infodyn.loggers import RunLoggers
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    fills = {
+        "save_dir": str(run_dir),
+        "name": names["job_name"],
+        "tags": [
+            f"pruner:{names['pruner']}",
+            f"estimator:{names['estimator']}",
+            f"model:{names['model']}",
+            f"finetune:{cfg.finetune.name}",
+        ],
+    }
+    loggers = []
+    for key, node in _targets(cfg, "logger").items():
+        node.update({k: v for k, v in fills.items() if k in node and node[k] is None})
+        lg = _instantiate("logger", key, node)
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        loggers.append(lg)
+    return RunLoggers(loggers)
+
+
+def build_callbacks(cfg: DictConfig, ckpt_dir: Path | None) -> list[Any]:
+    """The `callbacks` group's Lightning callbacks, for one training stage.
+
+    A `dirpath` left null is the stage's checkpoint folder `ckpt_dir`. A callback that monitors
+    a `val/` metric needs validation while training: refused when
+    `trainer.check_val_every_n_epoch=0`.
+    """
+    out = []
+    validates = cfg.trainer.get("check_val_every_n_epoch", 1) != 0
+    for key, node in _targets(cfg, "callbacks").items():
+        if "dirpath" in node and node["dirpath"] is None and ckpt_dir is not None:
+            node["dirpath"] = str(ckpt_dir)
+        monitor = str(node.get("monitor") or "")
+        if monitor.startswith("val") and not validates:
+            raise ConfigError(
+                f"callbacks.{key} monitors {monitor}, but trainer.check_val_every_n_epoch=0 "
+                "turns validation while training off. Fix: trainer.check_val_every_n_epoch=1, "
+                "or callbacks=none."
             )
-        ]
-    raise ConfigError(f"logger={kind!r} is unknown. Fix: logger=wandb, logger=csv or logger=none.")
+        out.append(_instantiate("callbacks", key, node))
+    return out
 
 
 # Lightning registers `<launcher>_find_unused_parameters_true` for each of these.
 DDP_LAUNCHERS = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+# Trainer arguments infodyn sets itself, per stage; the fix names where each one comes from.
+OWNED = {
+    "max_epochs": "stages.finetune_epochs / stages.recover_epochs",
+    "callbacks": "callbacks=<option> (conf/callbacks)",
+    "logger": "logger=<option> (conf/logger)",
+    "enable_checkpointing": "callbacks=model_checkpoint (stage checkpoints are always kept)",
+    "default_root_dir": "the run dir (run_dir=..., or Hydra's hydra.run.dir)",
+    "use_distributed_sampler": "infodyn (evaluation trainers see the whole dev set)",
+}
+
+
+def trainer_kwargs(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """(`_target_`, its arguments) from `cfg.trainer`, each checked against the target's
+    signature: a misspelt or infodyn-owned key is refused with the fix."""
+    import difflib
+    import inspect
+
+    from hydra.utils import get_class
+
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    target = kwargs.pop("_target_", None)
+    if not target:
+        raise ConfigError(
+            "trainer has no _target_. Fix: trainer=default (or one of "
+            f"{_options('trainer')}), or add `_target_: pytorch_lightning.Trainer`."
+        )
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(
+            f"trainer._target_={target} is not a class: {_root_cause(err)}. "
+            "Fix: trainer._target_=pytorch_lightning.Trainer."
+        ) from err
+    for key in kwargs:
+        if key in OWNED:
+            raise ConfigError(
+                f"trainer.{key} is set by infodyn. Fix: remove it; use {OWNED[key]}."
+            )
+        if key not in params:
+            close = difflib.get_close_matches(key, params, n=1)
+            hint = f"trainer.{close[0]}" if close else f"a {target} argument"
+            raise ConfigError(f"trainer.{key} is not a {target} argument. Fix: {hint}.")
+    every = kwargs.get("check_val_every_n_epoch", 1)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch={every!r} is invalid. Fix: an integer >= 1 "
+            "(validate every N epochs while training) or 0 (no validation while training)."
+        )
+    return target, kwargs
 
 
 def build_trainer(
@@ -195,19 +290,30 @@ def build_trainer(
     evaluation: bool = False,
     unused_parameters: bool = False,
 ) -> Any:
-    """A Lightning Trainer from `cfg.trainer`. `evaluation=True` (validation only): every DDP
-    process sees the whole dev set rather than a DistributedSampler shard padded with repeated
-    samples; the metrics' cross-process sums then count each example once per process, which
-    leaves every ratio metric (accuracy, F1, Matthews, Pearson, Spearman) exactly as on one.
-    `unused_parameters=True` (LayerDrop: a skipped block gets no gradient) makes DDP look for
-    parameters without a gradient each step instead of failing at the second step."""
-    import pytorch_lightning as pl
+    """A Lightning Trainer from `cfg.trainer` (its `_target_` and arguments, passed as they are).
+
+    A training trainer (`evaluation=False`) also gets the `callbacks` group's callbacks (before
+    the stage checkpoint, so `trainer.checkpoint_callback` is a configured best-checkpoint
+    keeper when there is one) and validates every `trainer.check_val_every_n_epoch` epochs
+    when `fit` gets `val_dataloaders` (0: never). `evaluation=True` (validation only): every
+    DDP process sees the whole dev set rather than a DistributedSampler shard padded with
+    repeated samples; the metrics' cross-process sums then count each example once per
+    process, which leaves every ratio metric (accuracy, F1, Matthews, Pearson, Spearman)
+    exactly as on one. `unused_parameters=True` (LayerDrop: a skipped block gets no gradient)
+    makes DDP look for parameters without a gradient each step instead of failing at the
+    second step. `trainer.enable_progress_bar` null picks a bar on a terminal, line logs
+    otherwise.
+    """
+    from hydra.utils import get_class
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     from infodyn.progress import progress_callbacks
 
-    t = cfg.trainer
-    cbs = list(callbacks) + progress_callbacks(t.get("enable_progress_bar"))
+    target, kwargs = trainer_kwargs(cfg)
+    cbs = list(callbacks)
+    if not evaluation:
+        cbs += build_callbacks(cfg, ckpt_dir)
+    cbs += progress_callbacks(kwargs.pop("enable_progress_bar", None))
     if ckpt_dir is not None:
         cbs.append(
             AtomicCheckpoint(
@@ -219,33 +325,21 @@ def build_trainer(
                 auto_insert_metric_name=False,
             )
         )
-    kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=(
-            f"{t.strategy}_find_unused_parameters_true"
-            if unused_parameters and str(t.strategy) in DDP_LAUNCHERS
-            else t.strategy
-        ),
-        precision=t.precision,
+    strategy = kwargs.get("strategy", "auto")
+    if unused_parameters and str(strategy) in DDP_LAUNCHERS:
+        kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
+    if kwargs.get("check_val_every_n_epoch") == 0:
+        # Lightning has no "never" value: an empty validation loop is its off switch
+        kwargs["check_val_every_n_epoch"] = 1
+        if not evaluation:
+            kwargs["limit_val_batches"] = 0
+    return get_class(target)(
+        **kwargs,
         max_epochs=max_epochs,
-        gradient_clip_val=t.get("gradient_clip_val"),
-        accumulate_grad_batches=int(t.get("accumulate_grad_batches", 1)),
-        log_every_n_steps=int(t.get("log_every_n_steps", 10)),
-        deterministic=bool(t.get("deterministic", False)),
-        logger=loggers or False,
+        logger=list(loggers) or False,
         callbacks=cbs,
         enable_checkpointing=ckpt_dir is not None,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         enable_progress_bar=any(isinstance(c, TQDMProgressBar) for c in cbs),
         default_root_dir=str(ckpt_dir.parent if ckpt_dir else "."),
         use_distributed_sampler=not evaluation,
     )
-    if t.get("fast_dev_run"):
-        kwargs["limit_train_batches"] = 2
-        kwargs["limit_val_batches"] = 2
-    for opt in ("limit_train_batches", "limit_val_batches"):
-        if t.get(opt) is not None:
-            kwargs[opt] = t[opt]
-    return pl.Trainer(**kwargs)
