@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from infodyn.forward import model_inputs
 
 
-def evaluate(cfg: DictConfig, module: Any, dm: Any, loggers: list | None = None) -> dict:
+def evaluate(cfg: DictConfig, module: Any, dm: Any, loggers: Any = None, stage: str = "") -> dict:
     """Dev metrics as {metric: value}; a further split adds `<metric>_<split>` (MNLI's
     `accuracy_mismatched`).
 
@@ -23,7 +23,8 @@ def evaluate(cfg: DictConfig, module: Any, dm: Any, loggers: list | None = None)
     """
     from infodyn.builders import build_trainer
 
-    trainer = build_trainer(cfg, 1, [], loggers or [], None, evaluation=True)
+    staged = loggers.stage(stage) if loggers and stage else []
+    trainer = build_trainer(cfg, 1, [], staged, None, evaluation=True)
     results = trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
     merged: dict[str, float] = {}
     for res in results:

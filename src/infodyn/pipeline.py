@@ -26,6 +26,7 @@ from infodyn.builders import (
 from infodyn.errors import ConfigError, TrainingDivergedError, user_errors
 from infodyn.io import remove_stale_temporaries
 from infodyn.layers import num_blocks
+from infodyn.loggers import close_loggers, log_run_summary, summary_table
 from infodyn.models import find_hf_model
 from infodyn.results import RunResult
 from infodyn.reuse import check_reuse, config_hash, flat_config
@@ -63,7 +64,10 @@ def _single_cli_run() -> bool:
 
 
 def _run(cfg: DictConfig) -> float | None:
+    from infodyn.progress import quiet_libraries
+
     start = time.time()
+    quiet_libraries()
     run_dir = run_dir_of(cfg)
     check_output_dir(cfg, run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -124,6 +128,7 @@ def _run(cfg: DictConfig) -> float | None:
     OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
 
     job.loggers = build_loggers(cfg, run_dir, {**_names(result), "job_name": result.job_name})
+    status = "failed"
     try:
         dm.setup("fit")
         run_stages(job, shared)
@@ -132,11 +137,12 @@ def _run(cfg: DictConfig) -> float | None:
         result.config_path = config_path.name
         result.config_hash = config_hash(flat_config(cfg))
         result.save(run_dir / "results.json")
-        _log_summary(job.loggers, result)
-        log.info("results: %s", run_dir / "results.json")
+        status = "success"
+        log_run_summary(job.loggers, result)
+        log.info("run finished\n%s", summary_table(result, run_dir))
         return result.main_value()
     finally:
-        _close_loggers(job.loggers)
+        close_loggers(job.loggers, status)
 
 
 def _finished(cfg: DictConfig, run_dir: Path) -> RunResult | None:
@@ -193,15 +199,3 @@ def _names(result: RunResult) -> dict[str, str]:
         "pruner": result.pruner,
         "estimator": result.estimator,
     }
-
-
-def _log_summary(loggers: list, result: RunResult) -> None:
-    from infodyn.loggers import log_run_summary
-
-    log_run_summary(loggers, result)
-
-
-def _close_loggers(loggers: list) -> None:
-    from infodyn.loggers import close_loggers
-
-    close_loggers(loggers)

@@ -155,7 +155,7 @@ class Finetune(Stage):
             job.pruner.finish_training(job.hf())
             profiles = callback.profiles()
         record = {
-            "metrics": evaluate(job.cfg, job.module, job.dm, job.loggers),
+            "metrics": evaluate(job.cfg, job.module, job.dm, job.loggers, "finetune"),
             "profiles": profiles,
         }
         return record
@@ -247,7 +247,7 @@ class Prune(Stage):
         )
         before, after = (timed[m]["examples_per_s"] for m in ("before", "after"))
         return {
-            "metrics": evaluate(cfg, job.pruned_module, job.dm, job.loggers),
+            "metrics": evaluate(cfg, job.pruned_module, job.dm, job.loggers, "pruned"),
             "throughput": {
                 "before": before,
                 "after": after,
@@ -310,7 +310,7 @@ class Final(Stage):
         if job.pruned_module is None:  # nothing removed: the fine-tuned model's own numbers
             metrics = dict(job.result.metrics["finetune"])
         else:
-            metrics = evaluate(job.cfg, model, job.dm, job.loggers)
+            metrics = evaluate(job.cfg, model, job.dm, job.loggers, "final")
         job.result.metrics["final"] = metrics
         if job.pruned_module is not None and int(job.cfg.stages.recover_epochs) > 0:
             job.result.metrics["recover"] = dict(metrics)

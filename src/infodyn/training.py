@@ -54,7 +54,12 @@ def fit_stage(
     )
     extra = [callback, _epoch_seed_callback(seed), *kill_callbacks(stage)]
     trainer = build_trainer(
-        cfg, epochs, extra, loggers, ckpt_dir, unused_parameters=has_layerdrop(module.model)
+        cfg,
+        epochs,
+        extra,
+        loggers.stage(stage) if loggers else [],
+        ckpt_dir,
+        unused_parameters=has_layerdrop(module.model),
     )
     ckpt_path = usable_checkpoint(ckpt_dir / "last.ckpt")
     if ckpt_path:
@@ -62,7 +67,13 @@ def fit_stage(
     module.train()  # throughput/eval passes may have left it in eval mode
     loader = _epoch_ordered(dm.train_dataloader(), seed, trainer)
     try:
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(
+            module,
+            train_dataloaders=loader,
+            val_dataloaders=dm.val_dataloader(),  # per-epoch dev metrics (trainer.check_val_*)
+            ckpt_path=ckpt_path,
+            weights_only=True,
+        )
     except FloatingPointError as err:
         kept = ckpt_dir / "last.ckpt"
         where = f"the last good checkpoint is {kept}" if kept.is_file() else "no epoch finished"

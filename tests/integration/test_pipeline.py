@@ -50,7 +50,12 @@ def results(run_dir: str | Path) -> dict:
     ],
 )
 def test_fast_dev_run_classification_and_regression(tiny_cfg, task, metrics) -> None:
-    cfg = tiny_cfg(f"task={task}", "pruner=none", "trainer.fast_dev_run=true")
+    cfg = tiny_cfg(
+        f"task={task}",
+        "pruner=none",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2",
+    )
     value = run(cfg)
     res = results(cfg.run_dir)
     assert RESULT_KEYS <= set(res)
@@ -136,7 +141,9 @@ def test_pretrained_model_head_is_a_function_of_the_seed(tiny_cfg, tmp_path) -> 
 
 
 def test_complete_job_is_skipped(tiny_cfg) -> None:
-    cfg = tiny_cfg("task=sst2", "pruner=none", "trainer.fast_dev_run=true")
+    cfg = tiny_cfg(
+        "task=sst2", "pruner=none", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2"
+    )
     first = run(cfg)
     path = Path(cfg.run_dir) / "results.json"
     stamp = path.stat().st_mtime_ns
