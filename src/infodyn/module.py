@@ -135,6 +135,12 @@ class GlueClassifier(pl.LightningModule):
         )
         return loss
 
+    def on_fit_start(self) -> None:
+        # an earlier `trainer.validate` (inference mode) leaves the metric states as inference
+        # tensors; fit's own validation updates them in place outside it, which torch refuses
+        for metrics in self.val_metrics:
+            metrics.reset()
+
     def validation_step(
         self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
