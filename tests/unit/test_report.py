@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from infodyn import report
+from infodyn.report import figures, profiles, stats
+from infodyn.report.tables import DASH
 from report_runs import (
     FAILED,
-    MISSING,
     SEEDS,
     TASKS,
     TRUNCATED,
@@ -23,9 +26,6 @@ from report_runs import (
     write_job,
 )
 
-from infodyn import report
-from infodyn.report import figures, profiles, stats
-from infodyn.report.tables import DASH
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
@@ -302,3 +302,19 @@ def test_rankings_use_prunability_not_raw_orientation(tmp_path: Path, capsys) ->
     assert (tmp_path / "r").exists() is False
     written = figures.render_figures(runs, tmp_path / "r")
     assert (tmp_path / "r" / "rankings_rte.png") in written
+
+
+def test_python_dash_m_and_the_console_script_entry(sweep: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["infodyn-report"] == "infodyn.report:main" and report.main is not None
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "infodyn.report", str(sweep), "--out", str(out), "--no-figures"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "claims.md").exists()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_runs import results, write_job
 
 from infodyn import report
 from infodyn.errors import ConfigError
 from infodyn.report import checks, stats
+from report_runs import results, write_job
 
 DIFFS = [0.010, 0.030, 0.026]
 
@@ -74,9 +74,9 @@ def test_no_best_when_the_runner_up_is_within_noise(tmp_path: Path) -> None:
 
 
 def _pasteable(tmp_path: Path) -> Path:
-    for pruner, task in (
-        [(p, t) for p in ("none", "redundancy", "slimllm", "odd_one") for t in ("mrpc", "stsb")]
-    ):
+    for pruner, task in [
+        (p, t) for p in ("none", "redundancy", "slimllm", "odd_one") for t in ("mrpc", "stsb")
+    ]:
         for seed in (0, 1, 2):
             data = results(task, pruner, seed)
             if task == "stsb":

@@ -59,7 +59,8 @@ def overall(items: Sequence[dict[str, Any]]) -> str:
         return REFUTED
     if all(v == SUPPORTED for v in verdicts):
         return SUPPORTED
-    return "undecided (" + "; ".join(sorted({v for v in verdicts if v != SUPPORTED})) + ")"
+    why = sorted({v.removeprefix("undecided (").rstrip(")") for v in verdicts if v != SUPPORTED})
+    return "undecided (" + "; ".join(why) + ")"
 
 
 def _item(what: str, values: Sequence[float], verdict: tuple[str, Interval | None], **extra):
