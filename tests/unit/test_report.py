@@ -299,7 +299,8 @@ def test_rankings_use_prunability_not_raw_orientation(tmp_path: Path, capsys) ->
     assert rho[0, 1] == pytest.approx(1.0)
     raw = {"a": np.array(score), "b": np.array(distance)}
     assert profiles.spearman_matrix(raw)[1][0, 1] == pytest.approx(-1.0)  # what raw would say
-    assert (tmp_path / "r").exists() is False
+    mixed = {"a": np.array(score), "b": np.arange(12.0)}  # depths differ: no common layers
+    assert np.isnan(profiles.spearman_matrix(mixed)[1][0, 1])
     written = figures.render_figures(runs, tmp_path / "r")
     assert (tmp_path / "r" / "rankings_rte.png") in written
 

@@ -267,6 +267,10 @@ def fidelity_figure(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[s
         axes[1, c].set(yticks=y, yticklabels=names, xlim=(-1.05, 1.05), xlabel="ρ")
         axes[1, c].set_title("ρ(prunability, −removal damage)")
         axes[1, c].axvline(0, color="black", lw=0.6)
+        for ax, vals in ((axes[0, c], regret), (axes[1, c], rho)):
+            for yi, v in zip(y, vals, strict=True):  # a zero bar and no bar look alike
+                ax.annotate("–" if np.isnan(v) else f"{v:.3g}", (0, yi), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=8)  # fmt: skip
         for ax in axes[:, c]:
             ax.invert_yaxis()
             ax.grid(alpha=0.3, lw=0.5, axis="x")

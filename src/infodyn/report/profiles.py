@@ -113,13 +113,18 @@ def criterion_prunability(runs: Sequence[Run], task: str) -> dict[str, np.ndarra
 
 
 def spearman_matrix(scores: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
-    """Spearman rank correlation between criteria over the layers both score."""
+    """Spearman rank correlation between criteria over the layers both score.
+
+    Criteria of different depths (runs of different models) have no common layers: NaN.
+    """
     from scipy.stats import spearmanr
 
     names = list(scores)
     rho = np.full((len(names), len(names)), np.nan)
     for i, a in enumerate(scores.values()):
         for j, b in enumerate(scores.values()):
+            if a.size != b.size:
+                continue
             ok = np.isfinite(a) & np.isfinite(b)
             if ok.sum() >= 2:
                 with quiet_nan():
