@@ -1,8 +1,7 @@
-"""infodyn-report on hand-written results.json trees: numbers, problems, figures, W&B."""
+"""infodyn-report on hand-written results.json trees: discovery, problems, figures, W&B, CLI."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,132 +9,22 @@ import numpy as np
 import pytest
 
 from infodyn import report
-
-TASKS = {"mrpc": "f1", "rte": "accuracy"}
-PRUNERS = ("none", "redundancy", "last_k", "knowledge_entropy")
-SEEDS = (0, 1, 2)
-BASE = {  # per (task, pruner): final metric of seed 0; other seeds add OFFSETS
-    ("mrpc", "none"): 0.90,
-    ("mrpc", "redundancy"): 0.86,
-    ("mrpc", "last_k"): 0.84,
-    ("rte", "none"): 0.70,
-    ("rte", "redundancy"): 0.64,
-    ("rte", "last_k"): 0.66,
-    ("mrpc", "knowledge_entropy"): 0.81,
-    ("rte", "knowledge_entropy"): 0.61,
-}
-OFFSETS = {0: 0.0, 1: 0.013, 2: -0.021}
-MISSING = ("rte", "last_k", 2)  # never written
-FAILED = ("mrpc", "redundancy", 1)  # status "failed"
-TRUNCATED = ("rte", "none", 1)  # half a JSON file
-LAYERS, EPOCHS = 12, 6
-
-
-def final_metric(task: str, pruner: str, seed: int) -> float:
-    jitter = ((seed * 7 + len(pruner) * 3) % 5) * 0.002  # seed effects differ per pruner
-    return BASE[(task, pruner)] + OFFSETS[seed] + jitter
-
-
-def profile(seed: int) -> list[list[float]]:
-    """∩-shaped redundancy over 12 blocks that rises and sharpens over 6 epochs."""
-    x = (np.arange(LAYERS) + 0.5) / LAYERS
-    rng = np.random.default_rng(seed)
-    return [
-        (0.35 + 0.08 * e * np.sin(np.pi * x) ** (1 + 0.3 * e) + 0.01 * rng.standard_normal(LAYERS))
-        .round(5)
-        .tolist()
-        for e in range(EPOCHS)
-    ]
-
-
-def layer_scores(pruner: str, seed: int) -> list[float | None] | None:
-    if pruner == "redundancy":
-        return [None] + profile(seed)[-1][1:]  # block 0 unscored
-    if pruner == "none":
-        return None  # the pipeline writes null when nothing was scored
-    if pruner == "knowledge_entropy":  # rises with depth, unlike the ∩ of redundancy
-        rng = np.random.default_rng(100 + seed)
-        return (np.linspace(0.1, 1.0, LAYERS) ** 2 + 0.05 * rng.standard_normal(LAYERS)).tolist()
-    return [None] * LAYERS
-
-
-def job_dir(root: Path, task: str, pruner: str, seed: int) -> Path:
-    return root / f"pruner={pruner},task={task}" / f"seed={seed}"
-
-
-def results(task: str, pruner: str, seed: int, **over) -> dict:
-    metric = TASKS[task]
-    value = final_metric(task, pruner, seed)
-    data = {
-        "task": task,
-        "model": "roberta_base",
-        "seed": seed,
-        "pruner": pruner,
-        "estimator": "cosine",
-        "finetune": "full",
-        "sweep": "glue_all_pruners",
-        "job_name": f"pruner={pruner},task={task}",
-        "status": "complete",
-        "main_metric": metric,
-        "metrics": {
-            "finetune": {metric: value + 0.05},
-            "pruned": {metric: value - 0.1},
-            "recover": {metric: value},
-            "final": {metric: value},
-        },
-        "num_layers": LAYERS,
-        "layer_scores": layer_scores(pruner, seed),
-        "pruned_layers": [] if pruner == "none" else [4, 5, 6],
-        "profiles": {
-            "indexing": "0-based block index",
-            "finetune": {"cosine": {"layers": list(range(LAYERS)), "redundancy": profile(seed)}},
-        },
-        "wall_time_s": 1.0,
-        "config_path": "config_resolved.yaml",
-    }
-    data.update(over)
-    return data
-
-
-def resolved_config(task: str, pruner: str, seed: int, model: str = "roberta_base") -> str:
-    """A cut-down config_resolved.yaml as pipeline.run writes it."""
-    return (
-        f"task: {{name: {task}}}\nmodel: {{name: {model}}}\npruner: {{name: {pruner}}}\n"
-        f"seed: {seed}\nrun_dir: null\nsweep_name: glue_all_pruners\n"
-        f"paths: {{root: /somewhere/{seed}}}\nrun: {{skip_if_complete: true}}\n"
-        "stages: {finetune_epochs: 6, recover_epochs: 5}\ndata: {num_workers: 0}\n"
-        "estimator: {cosine: {_target_: infodyn.estimators.cosine.CosineRedundancy}}\n"
-    )
-
-
-def write_job(root: Path, data: dict) -> Path:
-    d = job_dir(root, data["task"], data["pruner"], data["seed"])
-    d.mkdir(parents=True, exist_ok=True)
-    config = resolved_config(data["task"], data["pruner"], data["seed"], data["model"])
-    (d / "config_resolved.yaml").write_text(config)
-    (d / "results.json").write_text(json.dumps(data))
-    return d
-
-
-def build_sweep(root: Path) -> Path:
-    """2 tasks × 4 pruners × 3 seeds; one seed missing, one failed, one truncated."""
-    for task in TASKS:
-        for pruner in PRUNERS:
-            for seed in SEEDS:
-                job = (task, pruner, seed)
-                if job == MISSING:
-                    continue
-                status = "failed" if job == FAILED else "complete"
-                d = write_job(root, results(task, pruner, seed, status=status))
-                if job == TRUNCATED:
-                    text = (d / "results.json").read_text()
-                    (d / "results.json").write_text(text[: len(text) // 2])
-    return root
-
-
-def complete_values(task: str, pruner: str) -> dict[int, float]:
-    bad = {MISSING, FAILED, TRUNCATED}
-    return {s: final_metric(task, pruner, s) for s in SEEDS if (task, pruner, s) not in bad}
+from infodyn.report import figures, profiles, stats
+from infodyn.report.tables import DASH
+from report_runs import (
+    FAILED,
+    SEEDS,
+    TASKS,
+    TRUNCATED,
+    build_sweep,
+    complete_values,
+    final_metric,
+    job_dir,
+    layer_scores,
+    resolved_config,
+    results,
+    write_job,
+)
 
 
 @pytest.fixture
@@ -153,14 +42,14 @@ def test_collect_separates_failed_jobs(sweep: Path) -> None:
 
 def test_table1_matches_independent_statistics(sweep: Path) -> None:
     runs, _ = report.collect([sweep])
-    rows = report.table1(runs, "final")
+    rows = stats.table1(runs, "final")
     assert [r["criterion"] for r in rows[::2]] == [
         "none",
         "redundancy",
         "knowledge_entropy",
         "last_k",
     ]
-    assert rows[0]["label"] == "No pruning"
+    assert rows[0]["label"] == "Unpruned"
     for r in rows:
         values = list(complete_values(r["task"], r["criterion"]).values())
         mean = sum(values) / len(values)
@@ -170,29 +59,32 @@ def test_table1_matches_independent_statistics(sweep: Path) -> None:
         assert r["std"] == pytest.approx(std, abs=1e-12)
         assert r["metric"] == TASKS[r["task"]]
     best = {(r["task"], r["criterion"]) for r in rows if r["best"]}
-    # none is the unpruned reference, never "best"; mrpc: redundancy > last_k, rte: opposite
-    assert best == {("mrpc", "redundancy"), ("rte", "last_k")}
+    # none is a reference, never "best"; a cell with fewer seeds is not eligible: mrpc's
+    # redundancy (n=2, the higher mean) and rte's last_k (n=2) lose to the 3-seed cells
+    assert best == {("mrpc", "last_k"), ("rte", "redundancy")}
 
 
 def test_paired_comparison_matches_hand_computation(sweep: Path) -> None:
+    from scipy.stats import t
+
     runs, _ = report.collect([sweep])
-    paired = {(p["criterion"], p["task"]): p for p in report.paired_comparison(runs, "final")}
+    rows = stats.paired_comparison(runs, "final", "redundancy")
+    paired = {(p["criterion"], p["task"]): p for p in rows}
     assert ("redundancy", "mrpc") not in paired
     for (crit, task), p in paired.items():
         mine, ref = complete_values(task, crit), complete_values(task, "redundancy")
         seeds = sorted(set(mine) & set(ref))
-        diffs = [mine[s] - ref[s] for s in seeds]
-        assert p["seeds"] == seeds
-        assert p["mean"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-12)
-        assert p["ci_low"] <= p["mean"] <= p["ci_high"]
+        diffs = np.array([mine[s] - ref[s] for s in seeds])
+        assert p["seeds"] == seeds and p["reference"] == "redundancy"
+        assert p["mean"] == pytest.approx(diffs.mean(), abs=1e-12)
+        half = t.ppf(0.975, diffs.size - 1) * diffs.std(ddof=1) / math.sqrt(diffs.size)
+        assert (p["ci_low"], p["ci_high"]) == pytest.approx(
+            (diffs.mean() - half, diffs.mean() + half), abs=1e-12
+        )
+        assert p["method"] == f"Student-t 95%, n={diffs.size}" and p["boot"] is None
     assert paired[("last_k", "mrpc")]["seeds"] == [0, 2]  # redundancy seed 1 failed
-
-
-def test_bootstrap_single_value_and_determinism() -> None:
-    assert report.bootstrap_ci([0.25]) == (0.25, 0.25)
-    assert report.bootstrap_ci([0.1, 0.3, 0.2]) == report.bootstrap_ci([0.1, 0.3, 0.2])
-    lo, hi = report.bootstrap_ci([0.1, 0.3, 0.2])
-    assert 0.1 <= lo < 0.2 < hi <= 0.3
+    # the default reference is the unpruned row
+    assert {p["reference"] for p in stats.paired_comparison(runs)} == {"none"}
 
 
 def test_none_falls_back_to_finetune_stage(tmp_path: Path) -> None:
@@ -201,7 +93,7 @@ def test_none_falls_back_to_finetune_stage(tmp_path: Path) -> None:
     write_job(tmp_path, data)
     write_job(tmp_path, results("mrpc", "redundancy", 0))
     runs, _ = report.collect([tmp_path])
-    rows = {r["criterion"]: r for r in report.table1(runs, "final")}
+    rows = {r["criterion"]: r for r in stats.table1(runs, "final")}
     assert rows["none"]["mean"] == pytest.approx(final_metric("mrpc", "none", 0) + 0.05)
     assert rows["none"]["stage"] == "finetune" and rows["none"]["std"] is None
 
@@ -222,6 +114,8 @@ def test_main_reports_failed_and_missing_by_name(sweep: Path, tmp_path: Path, ca
     csv_rows = (out / "table1.csv").read_text().splitlines()
     assert csv_rows[0].startswith("criterion,label,task,metric,stage,n,mean,std,best")
     assert sum(line.split(",")[8] == "*" for line in csv_rows[1:]) == 2
+    for name in ("table1.tex", "table1_paired.csv", "fidelity.md", "fidelity.csv", "claims.md"):
+        assert (out / name).stat().st_size > 0
     assert report.main([str(sweep), "--out", str(out), "--no-figures", "--strict"]) == 1
 
 
@@ -283,7 +177,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_figures_render(sweep: Path, tmp_path: Path) -> None:
     runs, _ = report.collect([sweep])
     out = tmp_path / "figs"
-    written = report.render_figures(runs, out)
+    written = figures.render_figures(runs, out)
     expected = [f"fig1_{t}.{e}" for t in TASKS for e in ("png", "pdf")]
     expected += ["fig1_grid.png", "fig1_grid.pdf"]
     expected += [f"{k}_{t}.png" for k in ("heatmap", "rankings") for t in TASKS]
@@ -295,14 +189,28 @@ def test_figures_render(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_wandb_offline_logs_one_report_run(sweep: Path, tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    from infodyn.report.wandb_run import log_wandb
+
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "wb").mkdir()
+    init_kwargs = {}
+    real_init = wandb.init
+
+    def spy(**kw):
+        init_kwargs.update(kw)
+        return real_init(**kw)
+
+    monkeypatch.setattr(wandb, "init", spy)
     runs, _ = report.collect([sweep])
-    rows, paired = report.table1(runs), report.paired_comparison(runs)
-    figures = report.render_figures([r for r in runs if r.task == "mrpc"], tmp_path / "figs")
-    run_id = report.log_wandb(rows, paired, figures, "infodyn-test", {}, tmp_path)
+    rows, paired = stats.table1(runs), stats.paired_comparison(runs)
+    figs = figures.render_figures([r for r in runs if r.task == "mrpc"], tmp_path / "figs")
+    tables = {"table1": rows, "table1_paired": paired}
+    run_id = log_wandb(tables, figs, "infodyn-test", "glue_all_pruners", {}, tmp_path)
+    assert init_kwargs["group"] == "glue_all_pruners"  # beside the sweep's job runs
     run_dirs = list((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(run_dirs) == 1
     assert list(run_dirs[0].glob("*.wandb"))
@@ -310,20 +218,41 @@ def test_wandb_offline_logs_one_report_run(sweep: Path, tmp_path: Path, monkeypa
     tables = sorted(p.name.split("_0_")[0] for p in (media / "table").iterdir())
     images = sorted(p.name.split("_0_")[0] for p in (media / "images" / "figures").iterdir())
     assert tables == ["table1", "table1_paired"]
-    assert images == sorted(f.stem for f in figures if f.suffix == ".png")
+    assert images == sorted(f.stem for f in figs if f.suffix == ".png")
+
+
+def test_cli_wandb_run_joins_the_sweep_group(sweep: Path, tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    seen = {}
+
+    class FakeRun:
+        id = "abc"
+
+        def log(self, data):
+            seen["logged"] = sorted(data)
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or FakeRun())
+    out = tmp_path / "o"
+    assert report.main([str(sweep), "--out", str(out), "--no-figures", "--wandb"]) == 0
+    assert seen["group"] == "glue_all_pruners" and seen["job_type"] == "report"
+    assert seen["logged"] == ["claims", "fidelity", "table1", "table1_paired"]
 
 
 def test_rank_correlation_skips_unscored_criteria(sweep: Path) -> None:
     from scipy.stats import spearmanr
 
     runs, _ = report.collect([sweep])
-    scores = report.criterion_scores(runs, "mrpc")
+    scores = profiles.criterion_prunability(runs, "mrpc")
     assert list(scores) == ["redundancy", "knowledge_entropy"]  # none/last_k: all null
     seeds = [s for s in SEEDS if ("mrpc", "redundancy", s) != FAILED]
     red = np.mean([layer_scores("redundancy", s)[1:] for s in seeds], axis=0)
     ke = np.mean([layer_scores("knowledge_entropy", s)[1:] for s in SEEDS], axis=0)
     assert np.isnan(scores["redundancy"][0])
-    names, rho = report.spearman_matrix(scores)
+    names, rho = profiles.spearman_matrix(scores)
     assert rho[0, 0] == pytest.approx(1.0)
     assert rho[0, 1] == pytest.approx(spearmanr(red, ke).statistic)
 
@@ -343,50 +272,50 @@ def test_single_runs_n1(tmp_path: Path, capsys) -> None:
     b = write_job(tmp_path / "b", results("mrpc", "last_k", 0))
     assert report.main([str(a), str(b)]) == 0
     md = (a / "report" / "table1.md").read_text()
-    assert f"± {report.DASH} (n=1)" in md
-    assert "(n=1: no interval)" in md
+    assert f"± {DASH} / " in md and "(n=1)†" in md  # std undefined; n < 3 flagged
     diff = final_metric("mrpc", "last_k", 0) - final_metric("mrpc", "redundancy", 0)
-    assert f"{diff:+.4f} [{diff:+.4f}, {diff:+.4f}] (n=1)" in md
+    assert f"{diff:+.4f} (n=1: no interval)" in md  # not the degenerate [d, d] of old
     assert (a / "report" / "fig1_mrpc.png").read_bytes()[:8] == PNG
 
 
-def test_job_profiles_and_fig1_go_to_its_wandb_run(tmp_path) -> None:
-    import wandb
+def test_rankings_use_prunability_not_raw_orientation(tmp_path: Path, capsys) -> None:
+    """A distance criterion (lower = remove first) and a score criterion that pick the same
+    blocks agree on prunability; their raw values are perfectly anti-correlated."""
+    score = [0.1, 0.5, 0.2, 0.9, 0.8, 0.3]
+    distance = [1 - v for v in score]  # angular-like: raw low = remove first
+    for seed in (0, 1):
+        write_job(tmp_path, results("rte", "redundancy", seed, layer_scores=score,
+                                    layer_prunability=score))  # fmt: skip
+        write_job(tmp_path, results("rte", "angular", seed, layer_scores=distance,
+                                    layer_prunability=[-d for d in distance]))  # fmt: skip
+        old = results("rte", "knowledge_entropy", seed, layer_scores=score)
+        del old["layer_prunability"]  # a schema-1 record
+        write_job(tmp_path, old)
+    runs, _ = report.collect([tmp_path])
+    scores = profiles.criterion_prunability(runs, "rte")
+    assert sorted(scores) == ["angular", "redundancy"]
+    assert "NOTE" in capsys.readouterr().err and "knowledge_entropy" not in scores
+    _, rho = profiles.spearman_matrix(scores)
+    assert rho[0, 1] == pytest.approx(1.0)
+    raw = {"a": np.array(score), "b": np.array(distance)}
+    assert profiles.spearman_matrix(raw)[1][0, 1] == pytest.approx(-1.0)  # what raw would say
+    mixed = {"a": np.array(score), "b": np.arange(12.0)}  # depths differ: no common layers
+    assert np.isnan(profiles.spearman_matrix(mixed)[1][0, 1])
+    written = figures.render_figures(runs, tmp_path / "r")
+    assert (tmp_path / "r" / "rankings_rte.png") in written
 
-    from infodyn.report import log_job_to_wandb
 
-    class FakeRun:
-        def __init__(self) -> None:
-            self.logged: dict = {}
-            self.summary: dict = {}
+def test_python_dash_m_and_the_console_script_entry(sweep: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
 
-        def log(self, data: dict) -> None:
-            self.logged.update(data)
+    import tomllib
 
-    results = {
-        "task": "mrpc",
-        "model": "minilm_l6",
-        "seed": 0,
-        "pruned_layers": [2, 3],
-        "num_layers_after": 4,
-        "metrics": {"final": {"f1": 0.8, "accuracy": 0.7}},
-        "profiles": {
-            "indexing": "0-based block index",
-            "finetune": {
-                "cosine": {
-                    "layers": [0, 1, 2],
-                    "redundancy": [[0.1, 0.3, 0.2], [0.1, 0.35, 0.2]],
-                    "num_batches": [5.0, 5.0],
-                }
-            },
-        },
-    }
-    run = FakeRun()
-    log_job_to_wandb(run, results, tmp_path)
-    table = run.logged["profiles/finetune/cosine"]
-    assert isinstance(table, wandb.Table)
-    assert table.columns == ["stage", "epoch", "block", "redundancy"]
-    assert len(table.data) == 6 and table.data[4] == ["finetune", 2, 1, 0.35]
-    assert isinstance(run.logged["fig1"], wandb.Image)
-    assert (tmp_path / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert run.summary["final/f1"] == 0.8 and run.summary["pruned_layers"] == [2, 3]
+    root = Path(__file__).resolve().parents[2]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["infodyn-report"] == "infodyn.report:main" and report.main is not None
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "infodyn.report", str(sweep), "--out", str(out), "--no-figures"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "claims.md").exists()

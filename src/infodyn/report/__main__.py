@@ -1,0 +1,7 @@
+"""`python -m infodyn.report` = `infodyn-report`."""
+
+import sys
+
+from infodyn.report.cli import main
+
+sys.exit(main())
