@@ -95,7 +95,7 @@ def test_cpu_table1_runs_under_local_parallel_and_reports(tmp_path, glue_dir) ->
     )
     assert rep.returncode == 0, rep.stderr[-3000:]
     table = (tmp_path / "rep/table1.md").read_text()
-    assert "No pruning" in table and "redundancy" in table
+    assert "Unpruned" in table and "redundancy" in table
     assert (tmp_path / "rep/fig1_mrpc.png").read_bytes()[:4] == b"\x89PNG"
 
 
