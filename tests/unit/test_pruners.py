@@ -281,7 +281,9 @@ def test_k_beyond_the_removable_blocks_fails_in_num_to_remove(cls):
 def test_angular_run_that_protect_makes_impossible_fails_before_training():
     # 6 blocks, 2 and 4 protected: free blocks 0, 1, 3, 5 hold no run of 3
     pruner = AngularPruner(k=3, protect=[2, 4])
-    with pytest.raises(PrunerConfigError, match="no run of k=3 contiguous blocks.*protect=\\[2, 4\\]"):
+    with pytest.raises(
+        PrunerConfigError, match="no run of k=3 contiguous blocks.*protect=\\[2, 4\\]"
+    ):
         pruner.num_to_remove(6)
     with pytest.raises(PrunerConfigError, match="no run of k=3"):
         pruner.check(6, {})
@@ -355,9 +357,10 @@ def test_layerdrop_training_signature():
         "layerdrop_p": 0.2,
         "layerdrop_seed": 3,
     }
-    assert LayerDropPruner(p=0.2, seed=3).training_signature() != LayerDropPruner(
-        p=0.1, seed=3
-    ).training_signature()
+    assert (
+        LayerDropPruner(p=0.2, seed=3).training_signature()
+        != LayerDropPruner(p=0.1, seed=3).training_signature()
+    )
     assert LayerDropPruner(p=0.0).training_signature() == {}  # trains like plain fine-tuning
     for cls in (RedundancyPruner, RandomPruner, OraclePruner, NoPruner):
         assert cls().training_signature() == {}
