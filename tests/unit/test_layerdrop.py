@@ -125,9 +125,46 @@ def test_skipped_blocks_get_no_gradient():
     assert model.classifier.weight.grad is not None
 
 
-def test_pruner_applies_its_p_and_seed():
-    model = tiny("gpt2")
-    LayerDropPruner(p=0.3, seed=1).apply(model)
-    assert find_layer_list(model)[2][0]._layerdrop.p == 0.3
+def test_pruner_installs_layerdrop_around_training_only():
+    model = no_dropout(tiny("gpt2"))
+    pruner = LayerDropPruner(p=0.3, seed=1)
+    pruner.prepare_training(model, seed=0)
+    assert has_layerdrop(model) and find_layer_list(model)[2][0]._layerdrop.p == 0.3
+    twin = apply_layerdrop(no_dropout(tiny("gpt2")), 0.3, seed=1)
+    assert pattern(model) == pattern(twin)  # the drop stream is seeded by the pruner's seed
+    pruner.finish_training(model)
+    assert not has_layerdrop(model)
+    LayerDropPruner(p=0.0).prepare_training(model, seed=0)  # p=0: plain fine-tuning
+    assert not has_layerdrop(model)
     with pytest.raises(ValueError, match="p=2"):
         apply_layerdrop(model, 2)
+
+
+@pytest.mark.parametrize(("L", "k", "want"), [(12, 4, [2, 5, 8, 11]), (6, 2, [2, 5])])
+def test_every_other_drops_fan_et_al_depths(L, k, want):
+    """Depths d = 1..L with d = 0 (mod floor(L/k)), as 0-based blocks."""
+    assert LayerDropPruner(k=k).select(torch.full((L,), float("nan")), k) == want
+
+
+def tiny_mpnet(layers: int = 4):
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = MPNetConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=37, num_labels=2, pad_token_id=1,
+    )  # fmt: skip
+    return MPNetForSequenceClassification(cfg).eval()
+
+
+def test_mpnet_blocks_return_tuples_and_are_skipped_in_kind():
+    model = no_dropout(tiny_mpnet())
+    plain = hidden(model)
+    apply_layerdrop(model, 1.0, seed=0)
+    hs = hidden(model)  # MPNet's encoder reads layer_outputs[0]: a bare Tensor would break it
+    for h in hs[1:]:
+        assert torch.equal(h, hs[0])
+    torch.testing.assert_close(hs[0], plain[0])
+    apply_layerdrop(model, 0.5, seed=0)
+    hs = hidden(model)  # a mix of skipped and real blocks
+    assert len(hs) == 5 and all(h.shape == hs[0].shape for h in hs)

@@ -15,6 +15,7 @@ from infodyn.forward import eval_hidden_states
 from infodyn.pruners.base import (
     PrunerArgs,
     PrunerConfigError,
+    ScoringContext,
     check_k,
     check_protect,
     require_batches,
@@ -64,15 +65,16 @@ def angular_distances(
 class AngularPruner(PrunerArgs):
     """Remove the contiguous blocks [b*, b*+k) with the smallest angular distance d(h_b, h_{b+k}).
 
-    Scores are *distances* (lower = more prunable) computed for one `k`: `calibrate` and
-    `select` must use the same `k`. Runs overlapping a protected block are skipped.
+    Raw scores are *distances* indexed by run start (lower = more prunable; NaN where a run
+    would overrun), computed on `ctx.calibration()` for `ctx.k`: `score` and `select` must use
+    the same `k`. Runs overlapping a protected block are skipped. Per block, prunability is
+    minus the smallest distance of an allowed run containing it, so the blocks of the chosen
+    run are exactly the k most prunable.
 
     Args:
         token: `mean` over non-padding tokens, or `last` real token.
         k, fraction, protect: see `PrunerArgs`.
     """
-
-    source = "calibration"
 
     def __init__(
         self,
@@ -88,9 +90,32 @@ class AngularPruner(PrunerArgs):
             )
         self.token = token
 
-    def calibrate(self, model: nn.Module, batches: list[dict], k: int) -> Tensor:
-        """`[L]` distance of the run starting at each block (NaN where it would overrun)."""
-        return angular_distances(model, batches, k, self.token)
+    def num_to_remove(self, num_layers: int) -> int:
+        """As for every pruner, and some run of k contiguous blocks must avoid `protect`."""
+        k = super().num_to_remove(num_layers)
+        if k and not allowed_starts(num_layers, k, self.protect):
+            raise PrunerConfigError(
+                f"no run of k={k} contiguous blocks out of {num_layers} avoids pruner.protect="
+                f"{sorted(self.protect)}. Fix: lower pruner.k, or protect fewer blocks (or "
+                "blocks at one end of the model only)."
+            )
+        return k
+
+    def score(self, ctx: ScoringContext) -> Tensor:
+        """`[L]` distance of the run of `ctx.k` blocks starting at each block."""
+        return angular_distances(ctx.model, ctx.calibration(), ctx.k, self.token)
+
+    def prunability(self, scores: Tensor) -> Tensor:
+        """`[L]`: per block, minus the least distance of an allowed, scored run containing it."""
+        num_layers = len(scores)
+        vals = scores.detach().double().cpu()
+        k = num_layers - int((~vals.isnan()).sum()) + 1  # runs of k blocks have L - k + 1 starts
+        out = torch.full((num_layers,), float("nan"), dtype=torch.float64)
+        for b in allowed_starts(num_layers, k, self.protect):
+            if not math.isnan(float(vals[b])):
+                run = out[b : b + k]
+                out[b : b + k] = torch.fmax(run, torch.full_like(run, -float(vals[b])))
+        return out
 
     def select(self, scores: Tensor, k: int) -> list[int]:
         """`list(range(b*, b*+k))` for the finite, unprotected run of least distance."""
@@ -100,16 +125,18 @@ class AngularPruner(PrunerArgs):
             return []
         keep = check_protect(self.protect, num_layers)
         vals = scores.detach().double().cpu().tolist()
-        starts = [
-            b
-            for b in range(num_layers - k + 1)
-            if not math.isnan(vals[b]) and not keep.intersection(range(b, b + k))
-        ]
+        starts = [b for b in allowed_starts(num_layers, k, keep) if not math.isnan(vals[b])]
         if not starts:
             raise PrunerConfigError(
                 f"no run of k={k} contiguous blocks out of {num_layers} has a score and avoids "
                 f"protect={sorted(keep)}. Fix: lower pruner.k, protect fewer blocks, or "
-                "calibrate with the same k."
+                "score with the same k."
             )
         best = min(starts, key=lambda b: (vals[b], b))
         return list(range(best, best + k))
+
+
+def allowed_starts(num_layers: int, k: int, protect: Iterable[int]) -> list[int]:
+    """Starts b of the runs [b, b+k) inside the model that touch no protected block."""
+    keep = check_protect(protect, num_layers)
+    return [b for b in range(num_layers - k + 1) if not keep.intersection(range(b, b + k))]

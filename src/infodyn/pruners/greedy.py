@@ -1,91 +1,71 @@
-"""Greedy layer removal: drop, one at a time, the block whose removal hurts a held-out
-calibration metric least (lower metric = better)."""
+"""Greedy layer removal: drop, one at a time, the block whose removal hurts the calibration
+loss least."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from infodyn.forward import model_inputs
-from infodyn.layers import num_blocks
+from infodyn.oracle import SubsetEvaluator
 from infodyn.pruners.base import (
     PrunerArgs,
-    PrunerConfigError,
+    ScoringContext,
+    as_scores,
     check_protect,
     enough,
-    top_k,
+    require_batches,
 )
-from infodyn.pruners.surgery import remove_layers
 
-Evaluate = Callable[[nn.Module, list[dict]], float]
+Evaluate = Callable[[nn.Module, list[dict]], dict[str, float]]
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, batches: list[dict]) -> float:
-    """Mean HF loss (cross-entropy, or MSE for regression) over `batches`; needs `labels`."""
-    device = next(model.parameters()).device
-    total, n = 0.0, 0
-    for batch in batches:
-        if "labels" not in batch:
-            raise PrunerConfigError(
-                "greedy pruning's default metric needs `labels` in the calibration batches. "
-                "Fix: pass labelled batches, or give calibrate(..., evaluate=fn)."
-            )
-        out = model(**model_inputs(batch, device, labels=True))
-        size = int(batch["labels"].shape[0])
-        total += float(out.loss) * size
-        n += size
-    return total / n
+def greedy_order(
+    model: nn.Module,
+    batches: list[dict],
+    k: int,
+    evaluate: Evaluate,
+    protect: Iterable[int] = (),
+) -> Tensor:
+    """`[L]` removal rank: the j-th block removed (j = 0..k-1) gets j, the others NaN.
+
+    Step j removes, from the model without the blocks already chosen, the unprotected block
+    whose removal gives the lowest `evaluate(...)["loss"]` (ties -> lower index). Cost: sum over
+    steps of (L - j) evaluations, each reusing the states before its first removed block.
+    """
+    batches = require_batches(batches)
+    with SubsetEvaluator(model, batches, evaluate) as ev:
+        num_layers = ev.num_layers
+        keep = check_protect(protect, num_layers)
+        enough([i for i in range(num_layers) if i not in keep], k, num_layers, protect)
+        removed: list[int] = []
+        ranks = torch.full((num_layers,), float("nan"), dtype=torch.float64)
+        for step in range(k):
+            best: tuple[float, int] | None = None
+            for b in range(num_layers):
+                if b in keep or b in removed:
+                    continue
+                loss = ev([*removed, b])["loss"]
+                value = float("inf") if loss is None else loss
+                if best is None or value < best[0]:
+                    best = (value, b)
+            assert best is not None
+            removed.append(best[1])
+            ranks[best[1]] = float(step)
+    return ranks
 
 
 class GreedyPruner(PrunerArgs):
-    """Remove blocks one at a time, each time the one whose removal raises `evaluate` least.
+    """Remove blocks one at a time, each time the one whose removal raises the calibration loss
+    least (`ctx.evaluate` on `ctx.calibration()`; the model is left untouched).
 
-    Works on copies (the given model is untouched). Cost: for k removals out of L blocks,
-    sum_{j<k} (L - j) = O(k * L) evaluations of the calibration set, each on a fresh deep copy.
+    Raw scores are removal ranks (0 = removed first, NaN = never removed); prunability = -rank.
     """
 
-    source = "calibration"
+    def score(self, ctx: ScoringContext) -> Tensor:
+        return greedy_order(ctx.model, ctx.calibration(), ctx.k, ctx.evaluate, self.protect)
 
-    @torch.no_grad()
-    def calibrate(
-        self,
-        model: nn.Module,
-        batches: list[dict],
-        k: int,
-        evaluate: Evaluate | None = None,
-    ) -> Tensor:
-        """`[L]` removal order as score: the j-th removed block (j = 0..k-1) gets k - j, the
-        rest NaN, so `select(scores, k)` returns the greedy set."""
-        if not batches:
-            raise PrunerConfigError("greedy calibration got no batches. Fix: pass some.")
-        evaluate = evaluate or mean_loss
-        num_layers = num_blocks(model)
-        keep = check_protect(self.protect, num_layers)
-        alive = list(range(num_layers))  # original index of each current block
-        enough([i for i in alive if i not in keep], k, num_layers, self.protect)
-        scores = torch.full((num_layers,), float("nan"), dtype=torch.float64)
-        was_training = model.training
-        work = copy.deepcopy(model).eval()
-        for step in range(k):
-            best: tuple[float, int] | None = None
-            for pos, orig in enumerate(alive):
-                if orig in keep:
-                    continue
-                trial = remove_layers(copy.deepcopy(work), [pos])
-                value = float(evaluate(trial, batches))
-                del trial
-                if best is None or value < best[0]:
-                    best = (value, pos)
-            assert best is not None
-            remove_layers(work, [best[1]])
-            scores[alive.pop(best[1])] = float(k - step)
-        model.train(was_training)
-        return scores
-
-    def select(self, scores: Tensor, k: int) -> list[int]:
-        """The `k` earliest-removed blocks, sorted."""
-        return top_k(scores, k, self.protect)
+    def prunability(self, scores: Tensor) -> Tensor:
+        return -as_scores(scores)

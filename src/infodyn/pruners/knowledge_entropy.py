@@ -13,11 +13,12 @@ class KnowledgeEntropyPruner(RedundancyPruner):
 
     `RedundancyPruner` reading another profile: scores come from the `knowledge_entropy`
     estimator (FFN activations read by a pre-hook on `layers.ffn_output_projection`), reduced
-    over epochs and ranked exactly as there.
+    over epochs and ranked exactly as there. Its input is FFN activations, so
+    `reduce=calibration` is refused by `check`.
 
     Args:
         estimator: the estimator whose profile is read.
-        reduce: `last`, `mean` or `calibration` (see `RedundancyPruner`).
+        reduce: `last` or `mean` (see `RedundancyPruner`).
         k, fraction, protect: see `PrunerArgs`.
     """
 

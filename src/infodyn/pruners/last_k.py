@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from infodyn.pruners.base import PrunerArgs, check_protect, enough
+from infodyn.pruners.base import PrunerArgs, check_protect
 
 
 class LastKPruner(PrunerArgs):
-    """Remove the `k` highest (closest to the output) blocks, skipping protected ones.
+    """Remove the `k` highest (closest to the output) unprotected blocks.
 
-    Scores are ignored (only their length L is read).
+    Measures nothing (raw scores are NaN); prunability is the depth itself (deeper = remove
+    first; protected blocks NaN), so `select` is the top k of it.
     """
 
-    source = "none"
-
-    def select(self, scores: Tensor, k: int) -> list[int]:
-        """The `k` deepest unprotected blocks, sorted."""
+    def prunability(self, scores: Tensor) -> Tensor:
         num_layers = len(scores)
-        keep = check_protect(self.protect, num_layers)
-        cands = [i for i in range(num_layers) if i not in keep]
-        enough(cands, k, num_layers, self.protect)
-        return sorted(cands[len(cands) - k :]) if k else []
+        out = torch.arange(num_layers, dtype=torch.float64)
+        out[sorted(check_protect(self.protect, num_layers))] = float("nan")
+        return out

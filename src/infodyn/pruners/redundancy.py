@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from torch import Tensor
 
-from infodyn.pruners.base import PrunerArgs, PrunerConfigError, top_k
-
-# `calibration`: the pipeline runs the estimator on calibration data after fine-tuning instead.
-REDUCTIONS = ("last", "mean", "calibration")
+from infodyn.pruners.base import PrunerArgs, ScoringContext
+from infodyn.pruners.scoring import (
+    built_estimator,
+    calibration_scores,
+    check_calibration_kind,
+    check_reduce,
+    profile_scores,
+)
 
 
 class RedundancyPruner(PrunerArgs):
-    """Remove the `k` blocks whose fine-tuning redundancy profile is highest.
+    """Remove the `k` blocks whose estimator score is highest (higher = more redundant).
 
-    The pipeline reduces the estimator's per-epoch profile `[E, L]` with `reduce` (`last` epoch,
-    or `mean` over fine-tuning epochs; see `reduce_profile`), or with `reduce=calibration` scores
-    the fine-tuned model on calibration data with the estimator, and passes the `[L]` result to
-    `select`.
+    `score` reads `ctx.profiles[estimator]` (one row per fine-tuning epoch) reduced by `reduce`
+    (`last` epoch or `mean`), or with `reduce=calibration` re-scores the fine-tuned model with
+    `ctx.estimators[estimator]` on `ctx.calibration()` batches.
 
     Args:
         estimator: the estimator whose profile is read (its `conf/estimator` name).
         reduce: `last`, `mean` or `calibration`.
         k, fraction, protect: see `PrunerArgs`.
     """
-
-    source = "estimator"
 
     def __init__(
         self,
@@ -38,31 +39,20 @@ class RedundancyPruner(PrunerArgs):
         reduce: Literal["last", "mean", "calibration"] = "last",
     ) -> None:
         super().__init__(k, fraction, protect)
-        if reduce not in REDUCTIONS:
-            raise PrunerConfigError(
-                f"pruner.reduce='{reduce}' is unknown. Fix: use one of {', '.join(REDUCTIONS)}."
-            )
         self.estimator = str(estimator)
-        self.reduce = reduce
+        self.reduce = check_reduce(reduce)
 
-    def reduce_profile(self, profile: Tensor) -> Tensor:
-        """`[E, L]` per-epoch scores (or `[L]`) -> `[L]` by `reduce`; NaN columns stay NaN."""
-        return reduce_profile(profile, self.reduce)
+    def needs_estimator(self) -> str | None:
+        return self.estimator
 
-    def select(self, scores: Tensor, k: int) -> list[int]:
-        """The `k` highest-scoring blocks (NaN and protected never chosen), sorted."""
-        return top_k(scores, k, self.protect)
+    def check(self, num_layers: int, estimators: Mapping[str, Any]) -> None:
+        super().check(num_layers, estimators)
+        est = built_estimator(estimators, self.estimator)
+        if self.reduce == "calibration":
+            check_calibration_kind(est, self.estimator)
 
-
-def reduce_profile(profile: Tensor, reduce: str) -> Tensor:
-    """Collapse an epoch axis: `last` row or `mean` over rows (NaN-aware)."""
-    if profile.ndim == 1:
-        return profile
-    if reduce == "last":
-        return profile[-1]
-    if reduce == "mean":
-        return profile.double().nanmean(dim=0)
-    raise PrunerConfigError(
-        f"reduce='{reduce}' does not reduce a profile. Fix: use last or mean here; "
-        "calibration scores come from the estimator run on calibration data."
-    )
+    def score(self, ctx: ScoringContext) -> Tensor:
+        if self.reduce == "calibration":
+            est = built_estimator(ctx.estimators, self.estimator)
+            return calibration_scores(est, ctx.model, ctx.calibration())
+        return profile_scores(ctx.profiles, ctx.estimators, self.estimator, self.reduce)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infodyn.forward import eval_hidden_states
-from infodyn.pruners.base import PrunerArgs, require_batches, top_k
+from infodyn.pruners.base import PrunerArgs, ScoringContext, require_batches
 
 
 @torch.no_grad()
@@ -32,17 +32,10 @@ def input_output_cosine(model: nn.Module, batches: list[dict]) -> Tensor:
 class SlimLLMPruner(PrunerArgs):
     """Remove the `k` blocks whose output is most similar to their input.
 
-    s_b = mean over non-padding calibration tokens of cos(block input, block output); the `k`
-    highest go. The same ranking as ShortGPT's Block Influence (Men et al., 2024), which removes
-    the lowest BI = 1 - s_b.
+    s_b = mean over non-padding `ctx.calibration()` tokens of cos(block input, block output);
+    higher = remove first (raw = prunability). The same ranking as ShortGPT's Block Influence
+    (Men et al., 2024), which removes the lowest BI = 1 - s_b.
     """
 
-    source = "calibration"
-
-    def calibrate(self, model: nn.Module, batches: list[dict], k: int | None = None) -> Tensor:
-        """`[L]` s_b per block (higher = more prunable); eval mode, no grad; `k` is unused."""
-        return input_output_cosine(model, batches)
-
-    def select(self, scores: Tensor, k: int) -> list[int]:
-        """The `k` highest-cosine blocks (NaN and protected never chosen), sorted."""
-        return top_k(scores, k, self.protect)
+    def score(self, ctx: ScoringContext) -> Tensor:
+        return input_output_cosine(ctx.model, ctx.calibration())
