@@ -40,10 +40,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from infodyn.estimators.callback import ActivationTap, feed_estimators, run_probe  # noqa: E402
 from infodyn.estimators.cosine import CosineRedundancy  # noqa: E402
 from infodyn.estimators.gaussian import GaussianEntropyRate  # noqa: E402
 from infodyn.estimators.knowledge_entropy import KnowledgeEntropy  # noqa: E402
+from infodyn.estimators.tap import ActivationTap, feed_estimators  # noqa: E402
+from infodyn.estimators.tracking import run_probe  # noqa: E402
 from infodyn.models import build_model  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -169,7 +170,7 @@ def bench_probe(model, cfg_vocab: int, pad: int) -> dict[str, float]:
     est = GaussianEntropyRate(probe_size=PROBE_SIZE, k=PROBE_K)
     # forward: the real callback path (run_probe), over all 512 examples
     t = time.perf_counter()
-    run_probe(model, probe, {"timing": est}, torch.device("cpu"))
+    run_probe(model, probe, {"timing": est})
     forward = time.perf_counter() - t
     # estimator math at full size: cycle the captured hidden states up to 512 examples
     with torch.no_grad():

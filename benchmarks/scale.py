@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, RobertaConfig  # noqa: E402
 
 from infodyn.estimators import CosineRedundancy, KnowledgeEntropy  # noqa: E402
-from infodyn.estimators.callback import ActivationTap, feed_estimators  # noqa: E402
+from infodyn.estimators.tap import ActivationTap, feed_estimators  # noqa: E402
 
 DISTINCT = 4  # distinct random tensors per batch, cycled over layers: bounds the input memory
 

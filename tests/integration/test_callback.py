@@ -207,11 +207,46 @@ def test_profiles_structure_and_logged_keys():
         assert all(len(epoch) == NUM_LAYERS for epoch in entry[primary])
     for name in ("redundancy", "knowledge_entropy"):
         for idx in range(NUM_LAYERS):
-            key = f"{name}/layer_{idx:02d}"
+            key = f"finetune/{name}/layer_{idx:02d}"  # namespaced by the stage
             assert key in trainer.callback_metrics, sorted(trainer.callback_metrics)
     last = prof["finetune"]["cosine"]["redundancy"][-1]
-    assert float(trainer.callback_metrics["redundancy/layer_02"]) == pytest.approx(last[2])
+    got = trainer.callback_metrics["finetune/redundancy/layer_02"]
+    assert float(got) == pytest.approx(last[2])
     json.dumps(prof, allow_nan=False)  # results.json-safe
+
+
+def test_block_ids_name_the_original_blocks_after_pruning():
+    # a model pruned from 8 blocks to 4 keeps blocks 0, 2, 5, 7 of the original
+    from infodyn.pruners.surgery import remove_layers
+
+    module = PlainClassifier(lr=0.0)
+    original = tiny_roberta(0, 8)
+    remove_layers(original, [1, 3, 4, 6])
+    module.net = original
+    kept = [0, 2, 5, 7]
+    callback = LayerDynamicsCallback(estimators(), stage="recover", block_ids=kept)
+    trainer = make_trainer([callback], max_epochs=1)
+    trainer.fit(module, loader(random_examples(8)))
+    prof = callback.profiles()["recover"]
+    assert prof["cosine"]["layers"] == kept and prof["knowledge_entropy"]["layers"] == kept
+    logged = {k for k in trainer.callback_metrics if k.startswith("recover/redundancy/")}
+    assert logged == {f"recover/redundancy/layer_{b:02d}" for b in kept}
+    r = prof["cosine"]["redundancy"][0]
+    assert float(trainer.callback_metrics["recover/redundancy/layer_05"]) == pytest.approx(r[2])
+    assert callback.state_dict()["block_ids"] == kept
+
+
+def test_block_ids_are_checked():
+    with pytest.raises(ValueError, match="distinct"):
+        LayerDynamicsCallback(estimators(), block_ids=[0, 0, 1])
+    with pytest.raises(ValueError, match="non-negative ints"):
+        LayerDynamicsCallback(estimators(), block_ids=[0, -1])
+    # a count that does not match the model is refused at the first record, naming the fix
+    callback = LayerDynamicsCallback(estimators(), block_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match="block_ids has 3 entries but estimator 'cosine'"):
+        make_trainer([callback], max_epochs=1).fit(
+            PlainClassifier(lr=0.0), loader(random_examples(8))
+        )
 
 
 def test_validation_forwards_never_reach_estimators():

@@ -172,6 +172,20 @@ def test_profiles_equal_pure_functions_over_same_batches(tmp_path, accumulate):
     assert not model.config.output_hidden_states  # the tap restored the setting
 
 
+def test_block_ids_and_stage_name_the_profiles(tmp_path):
+    callback = LayerDynamicsTrainerCallback(
+        {"cosine": CosineRedundancy()}, stage="recover", block_ids=[1, 3, 8, 9]
+    )
+    trainer = in_order_trainer(
+        cpu_args(tmp_path, num_train_epochs=1, save_strategy="no"), callback
+    )
+    trainer.train()
+    prof = callback.profiles()
+    assert set(prof) == {"indexing", "recover"}
+    assert prof["recover"]["cosine"]["layers"] == [1, 3, 8, 9]
+    assert prof["recover"]["cosine"]["num_batches"] == [N_TRAIN // BATCH]
+
+
 def test_probe_estimator_needs_a_probe_loader():
     with pytest.raises(ValueError, match="probe_dataloader"):
         LayerDynamicsTrainerCallback({"gaussian": GaussianEntropyRate(probe_size=8, k=2)})
@@ -256,7 +270,7 @@ def test_resumed_run_records_the_uninterrupted_profiles(tmp_path, uninterrupted,
     run_dir, want = uninterrupted(strategy)
     ckpt = run_dir / f"checkpoint-{step}"
     assert (ckpt / STATE_FILE).is_file()
-    assert not list(ckpt.glob("*.tmp"))  # written under a temp name, then renamed
+    assert not list(ckpt.glob("*.tmp*")) and not list(ckpt.glob(".*.tmp*"))  # renamed whole
     copy_checkpoint(run_dir, step, tmp_path)
 
     callback = resume_callback()

@@ -44,8 +44,8 @@ def feed(metric, name: str, num_layers: int, batches: int, start: int = 0) -> No
         metric.update(synthetic(name, num_layers, seed=i), mask)
 
 
-# per-layer state elements: cosine sum_r + sum_sq_r; knowledge entropy sum_abs [L, F]
-PER_LAYER = {"cosine": 2, "knowledge_entropy": FFN}
+# per-layer state elements: cosine sum_r + sum_sq_r + degenerate; knowledge entropy sum_abs [L, F]
+PER_LAYER = {"cosine": 3, "knowledge_entropy": FFN}
 
 
 @pytest.mark.parametrize("name", ["cosine", "knowledge_entropy"])

@@ -248,3 +248,38 @@ def test_shuffled_pairing_resumes_the_same_pairings():
     for metric in (going, restored):
         metric.update(_states(6, seed=2), torch.ones(6, 5))
     assert torch.equal(going.summary()["redundancy"], restored.summary()["redundancy"])
+
+
+def test_constant_pooled_input_gives_nan_not_zero():
+    # `pooling: cls` on a real encoder: every sample's first token is <s> at position 0, so z_0
+    # pooled is the same vector for all samples; block 0 has no direction to compare
+    from tiny_models import tiny_roberta
+
+    model = tiny_roberta(0, 3)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 99, (6, 9), generator=gen)
+    ids[:, 0] = 0  # <s>
+    with torch.no_grad():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    mask = torch.ones(6, 9, dtype=torch.long)
+    metric = CosineRedundancy(pooling="cls")  # the embedding pair included: still NaN
+    for _ in range(2):
+        metric.update(hs, mask)
+    summary = metric.summary()
+    assert math.isnan(summary["redundancy"][0]), summary["redundancy"]
+    assert math.isnan(redundancy_score(hs, mask, pooling="cls")[0])
+    assert torch.isfinite(summary["redundancy"][1:]).all()
+    assert summary["degenerate_batches"].tolist() == [2, 0, 0]
+    assert summary["num_batches"] == 2
+
+
+def test_a_degenerate_batch_leaves_only_its_block_out_of_the_mean():
+    good, flat = _states(4, num_layers=2, seed=1), _states(4, num_layers=2, seed=2)
+    flat[0] = flat[0][:1].expand_as(flat[0]).clone()  # z_0 constant over the batch
+    metric = CosineRedundancy()
+    metric.update(good, torch.ones(4, 5))
+    metric.update(flat, torch.ones(4, 5))
+    r = metric.compute()
+    torch.testing.assert_close(r[0], redundancy_score(good, None)[0])  # block 0: one batch
+    both = torch.stack([redundancy_score(good, None), redundancy_score(flat, None)])
+    torch.testing.assert_close(r[1], both[:, 1].mean())  # block 1: both batches

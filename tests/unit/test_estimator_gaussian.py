@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.special
 import torch
 
 from infodyn.estimators.base import ProbeEstimator
-from infodyn.estimators.gaussian import GaussianEntropyRate
+from infodyn.estimators.gaussian import GaussianEntropyRate, gaussian_conditional_entropy
 
 DIM, LAYERS, N = 3, 3, 6000
 NOISE_PREV = [1.0, 0.5, 0.7, 0.3]
@@ -76,7 +77,7 @@ def test_linear_gaussian_chain_recovers_closed_form():
 
 
 def test_trace_approximation_error_is_reported_and_correct():
-    metric, before, after = _fitted()
+    metric, before, after = _fitted(bias_correction=False)  # the plug-in identities
     summary = metric.summary()
     for key in ("entropy_rate_trace", "trace_A", "mutual_information", "trace_error"):
         assert torch.isfinite(summary[key]).all(), key
@@ -159,3 +160,48 @@ def test_bad_arguments_raise():
     metric = GaussianEntropyRate(probe_size=512, k=8)
     with pytest.raises(ValueError, match="exceeds the hidden width"):
         metric.update([torch.randn(4, 2, 3)] * 3, torch.ones(4, 2))
+
+
+def _wishart_bias(p: int, n: int) -> float:
+    """E[ln det S] - ln det Sigma, S a sample covariance with n degrees of freedom (scipy)."""
+    return sum(scipy.special.digamma((n - i + 1) / 2) - math.log(n / 2) for i in range(1, p + 1))
+
+
+def test_independent_gaussians_at_the_defaults_give_the_true_values():
+    # u, v independent: H(u|v) = H(u) = k/2 ln(2 pi e) for unit variance, tr(A) = 0. Defaults:
+    # k = 64 projected dims, N = 512 probe examples (the plug-in is ~12 nats low, tr(A) ~ 16).
+    metric = GaussianEntropyRate()
+    assert (metric.k, metric.probe_size) == (64, 512)
+    gen = torch.Generator().manual_seed(0)
+    width, layers = 96, 3
+    for reference in (True, False):
+        states = [torch.randn(512, 1, width, generator=gen) for _ in range(layers + 1)]
+        metric.update(states, torch.ones(512, 1))
+        if reference:
+            metric.commit()
+    summary = metric.summary()
+    truth = 64 / 2 * math.log(2 * math.pi * math.e)
+    for block in range(layers):
+        assert abs(summary["entropy_rate"][block].item() - truth) <= 0.05 * truth, summary
+        assert abs(summary["trace_A"][block].item()) <= 0.5, summary["trace_A"]
+
+
+def test_correction_is_the_wishart_mean_and_ezekiel_adjustment_and_keeps_rankings():
+    gen = torch.Generator().manual_seed(3)
+    num, k, m = 300, 4, 8
+    mix = torch.randn(3, k + m, k + m, generator=gen, dtype=torch.float64)
+    joint = torch.randn(3, num, k + m, generator=gen, dtype=torch.float64) @ mix
+    u, v = joint[..., :k], joint[..., k:]
+    raw = gaussian_conditional_entropy(u, v, bias_correction=False)
+    fixed = gaussian_conditional_entropy(u, v)
+    n = num - 1
+    shift = 0.5 * (_wishart_bias(k + m, n) - _wishart_bias(m, n))
+    torch.testing.assert_close(fixed["entropy_rate"], raw["entropy_rate"] - shift)
+    want_trace = raw["trace_A"] - (k - raw["trace_A"]) * m / (n - m)
+    torch.testing.assert_close(fixed["trace_A"], want_trace)
+    mi_shift = 0.5 * (_wishart_bias(k, n) + _wishart_bias(m, n) - _wishart_bias(k + m, n))
+    torch.testing.assert_close(fixed["mutual_information"], raw["mutual_information"] - mi_shift)
+    for key in ("entropy_rate", "trace_A", "mutual_information"):
+        assert fixed[key].argsort().tolist() == raw[key].argsort().tolist(), key
+    with pytest.raises(ValueError, match="N - 1 > k \\+ m"):
+        gaussian_conditional_entropy(u[:, : k + m], v[:, : k + m])

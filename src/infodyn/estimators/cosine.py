@@ -14,11 +14,16 @@ entropy rate is ``d/2 ln(2 pi e sigma^2) - R`` (eq. 24; d = hidden width). Highe
 redundant = more prunable.
 
 Zero-norm differences: each norm is clamped to ``eps`` in the denominator, so a pair with a zero
-difference contributes cos^2 = 0 (it carries no direction) and is counted in ``eps_guarded``.
+difference contributes cos^2 = 0 (it carries no direction) and is counted in ``eps_guarded``. A
+block whose every pair is guarded in a batch (a pooled state constant over the batch, e.g.
+block 0 under ``cls`` pooling: every first-token embedding is the same) has no score from that
+batch: NaN for the batch, left out of that block's epoch mean and counted per block in
+``degenerate_batches``; a block with no scored batch is NaN, never an artefactual 0.
 Arithmetic runs in float32 or better, statistics accumulate in float64 whatever the input dtype.
 A batch with B < 2 yields NaN from ``redundancy_score`` and is counted as ``skipped_batches``
 by the metric; a batch whose pooled states contain NaN/inf is counted as ``nonfinite_batches``
-and never reaches the running sums.
+and never reaches the running sums. Updates run on the inputs' device and never read a tensor
+on the host (counts stay tensors until ``compute``/``summary``).
 """
 
 from __future__ import annotations
@@ -83,14 +88,16 @@ def redundancy_score(
         eps: zero-norm guard (see module docstring).
 
     Returns:
-        ``[L]`` float64 in [0, 0.5]; all NaN when B < 2 (no consecutive pair exists).
+        ``[L]`` float64 in [0, 0.5]; all NaN when B < 2 (no consecutive pair exists), NaN for a
+        block whose every pair is zero-norm guarded (no direction to compare).
     """
     pooled = pool_layers(hidden_states, attention_mask, pooling)
     num_layers, batch = pooled.shape[0] - 1, pooled.shape[1]
     if batch < 2:
         return torch.full((num_layers,), math.nan, dtype=torch.float64)
-    cos2, _ = pair_cos2(pooled, eps)
-    return cos2.sum(dim=-1) / (2 * (batch - 1))
+    cos2, guarded = pair_cos2(pooled, eps)
+    r = cos2.sum(dim=-1) / (2 * (batch - 1))
+    return torch.where(guarded.all(dim=-1), math.nan, r)
 
 
 class CosineRedundancy(Metric):
@@ -120,7 +127,8 @@ class CosineRedundancy(Metric):
             ``"interleave"`` (torch's ``DistributedSampler``: Lightning, infodyn's pipeline) or
             ``"concat"`` (accelerate: HF ``Trainer``; ``LayerDynamicsTrainerCallback`` sets it).
 
-    State is O(L) float64 sums plus integer counters; all reduce by sum (width by max).
+    State is O(L) float64 sums, a per-block count and integer counters; all reduce by sum
+    (width by max).
     """
 
     name = "redundancy"
@@ -176,6 +184,7 @@ class CosineRedundancy(Metric):
         f64, i64 = torch.float64, torch.int64
         self.add_state("sum_r", torch.zeros(size, dtype=f64), dist_reduce_fx="sum")
         self.add_state("sum_sq_r", torch.zeros(size, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("degenerate", torch.zeros(size, dtype=i64), dist_reduce_fx="sum")
         self.add_state("num_batches", torch.tensor(0, dtype=i64), dist_reduce_fx="sum")
         self.add_state("skipped_batches", torch.tensor(0, dtype=i64), dist_reduce_fx="sum")
         self.add_state("eps_guarded", torch.tensor(0, dtype=i64), dist_reduce_fx="sum")
@@ -191,6 +200,7 @@ class CosineRedundancy(Metric):
         if have == 0:
             self.sum_r = torch.zeros(num_layers, dtype=torch.float64, device=self.device)
             self.sum_sq_r = torch.zeros(num_layers, dtype=torch.float64, device=self.device)
+            self.degenerate = torch.zeros(num_layers, dtype=torch.int64, device=self.device)
         elif have != num_layers:
             raise ValueError(
                 f"{type(self).__name__}: got {num_layers + 1} hidden states (L={num_layers} "
@@ -200,39 +210,44 @@ class CosineRedundancy(Metric):
             )
 
     def update(self, states: Sequence[Tensor], attention_mask: Tensor) -> None:
-        """Add one batch: ``states`` = z_0..z_L, each ``[B, T, D]``."""
+        """Add one batch: ``states`` = z_0..z_L, each ``[B, T, D]`` (no host read: see above)."""
         self._ensure_layers(len(states) - 1)
         pooled = pool_layers(states, attention_mask, self.pooling)
         if self.batch_scope == "global":
             pooled = gather_global_batch(pooled, dim=1, layout=self.global_layout)
-        pooled = pooled.to(self.device)
         batch = pooled.shape[1]
-        if batch < 2:
+        if batch < 2:  # a shape, known on the host
             self.skipped_batches += 1
             return
-        if not torch.isfinite(pooled).all():
-            self.nonfinite_batches += 1
-            return
+        finite = torch.isfinite(pooled).all()
         if self.pairing == "consecutive":
             cos2, guarded = pair_cos2(pooled, self.eps)
             r = cos2.sum(dim=-1) / (2 * (batch - 1))
             num_guarded = guarded.sum()
+            degenerate = guarded.all(dim=-1)
         else:
-            r = torch.zeros(pooled.shape[0] - 1, dtype=torch.float64, device=self.device)
-            num_guarded = torch.tensor(0, device=self.device)
+            r = torch.zeros(pooled.shape[0] - 1, dtype=torch.float64, device=pooled.device)
+            num_guarded = torch.zeros((), dtype=torch.int64, device=pooled.device)
+            degenerate = torch.ones_like(r, dtype=torch.bool)
             for _ in range(self.num_pairings):
-                perm = torch.randperm(batch, generator=self._generator).to(self.device)
+                perm = torch.randperm(batch, generator=self._generator)  # CPU generator
+                if perm.device != pooled.device:
+                    perm = perm.to(pooled.device, non_blocking=True)  # no wait on the device
                 cos2, guarded = pair_cos2(pooled[:, perm], self.eps)
                 r += cos2.sum(dim=-1) / (2 * (batch - 1))
                 num_guarded = num_guarded + guarded.sum()
+                degenerate &= guarded.all(dim=-1)
             r /= self.num_pairings
+        # a non-finite batch adds nothing: where(), not an `if` that would read it on the host
+        scored = finite & ~degenerate
+        r = torch.where(scored, r, 0.0)
         self.sum_r += r
         self.sum_sq_r += r.square()
-        self.num_batches += 1
-        self.eps_guarded += num_guarded
-        self.hidden_dim = torch.maximum(
-            self.hidden_dim, torch.tensor(pooled.shape[-1], device=self.device)
-        )
+        self.degenerate += (finite & degenerate).long()
+        self.num_batches += finite.long()
+        self.nonfinite_batches += (~finite).long()
+        self.eps_guarded += torch.where(finite, num_guarded, 0)
+        self.hidden_dim.clamp_(min=pooled.shape[-1])
 
     def get_extra_state(self) -> dict[str, Tensor]:
         """The pairing generator's state: a resumed run draws the pairings it would have."""
@@ -247,22 +262,19 @@ class CosineRedundancy(Metric):
             raise RuntimeError(
                 f"{type(self).__name__}: no update() yet, so the number of layers is unknown"
             )
-        n = int(self.num_batches)
-        nan = torch.full_like(self.sum_r, math.nan)
-        mean = self.sum_r / n if n > 0 else nan
-        if n > 1:  # sample std (ddof=1) of the per-batch R across batches
-            var = (self.sum_sq_r - self.sum_r.square() / n) / (n - 1)
-            std = var.clamp(min=0).sqrt()
-        else:
-            std = nan.clone()
+        scored = (self.num_batches - self.degenerate).double()  # per block
+        mean = torch.where(scored > 0, self.sum_r / scored.clamp(min=1), math.nan)
+        # sample std (ddof=1) of the per-batch R across a block's scored batches
+        var = (self.sum_sq_r - self.sum_r.square() / scored.clamp(min=1)) / (scored - 1)
+        std = torch.where(scored > 1, var.clamp(min=0).sqrt(), math.nan)
         if not self.include_embedding_pair:
-            mean, std = mean.clone(), std.clone()
             mean[0] = std[0] = math.nan
         const = 0.5 * int(self.hidden_dim) * math.log(2 * math.pi * math.e * self.sigma2)
         return {
             "redundancy": mean.cpu(),
             "redundancy_std": std.cpu(),
             "entropy_rate": (const - mean).cpu(),
+            "degenerate_batches": self.degenerate.cpu(),
         }
 
     def compute(self) -> Tensor:
@@ -271,8 +283,9 @@ class CosineRedundancy(Metric):
 
     def summary(self) -> dict[str, Tensor | float | int]:
         """Per-layer ``redundancy``, ``redundancy_std`` (ddof=1 across batches; NaN if < 2),
-        ``entropy_rate`` and the counters ``num_batches``, ``skipped_batches``, ``eps_guarded``
-        (pairs, summed over blocks and pairings), ``nonfinite_batches``."""
+        ``entropy_rate``, ``degenerate_batches`` (batches without a score) and the counters
+        ``num_batches``, ``skipped_batches``, ``eps_guarded`` (pairs, summed over blocks and
+        pairings), ``nonfinite_batches``."""
         local = self.batch_scope == "local"
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=local):
             out: dict[str, Tensor | float | int] = dict(self._series())

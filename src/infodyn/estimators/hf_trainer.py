@@ -1,10 +1,9 @@
 """`LayerDynamicsTrainerCallback`: the layer-dynamics profiles for HF `transformers.Trainer` users.
 
-A thin adapter over the machinery of `estimators/callback.py` (`ActivationTap`,
-`feed_estimators`, `run_probe`, `record_epoch`): the same per-epoch profiles, the same indexing,
-the same `profiles()` structure as `LayerDynamicsCallback`. The tap runs from `on_step_begin` to
-`on_step_end`, so every micro-batch of a gradient-accumulation step is one estimator batch and
-evaluation forwards never reach the estimators.
+A thin adapter over `tracking.LayerTracker`, the core `LayerDynamicsCallback` uses too: the same
+per-epoch profiles, the same indexing (`block_ids`), the same `profiles()` structure. The tap
+runs from `on_step_begin` to `on_step_end`, so every micro-batch of a gradient-accumulation
+step is one estimator batch and evaluation forwards never reach the estimators.
 
 Usage:
 
@@ -41,30 +40,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from infodyn.estimators.callback import (
-    INDEXING,
-    ActivationTap,
-    check_estimators,
-    estimators_state,
-    feed_estimators,
-    load_estimators_state,
-    record_epoch,
-    run_probe,
-)
+from infodyn.estimators.tracking import STATE_FORMAT, LayerTracker
+from infodyn.io import atomic_write
 from infodyn.models import find_hf_model
 
 log = logging.getLogger("infodyn")
 
 STATE_FILE = "layer_dynamics.pt"
-STATE_FORMAT = 1
 
 
 def state_path(checkpoint_dir: str | os.PathLike, args: Any) -> str:
@@ -114,7 +104,7 @@ def _check_saved(saved: Any, global_step: int) -> None:
 
 
 class LayerDynamicsTrainerCallback(TrainerCallback):
-    """Tracks every layer's estimator values at every epoch of an HF `Trainer` run.
+    """Tracks every block's estimator values at every epoch of an HF `Trainer` run.
 
     Args:
         estimators: name -> estimator (see `estimators/base.py::LayerEstimator`).
@@ -123,6 +113,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
             estimator (input_kind "probe") is given.
         resume_from: the checkpoint folder a resumed run starts from, when it is not
             `<output_dir>/checkpoint-<step>` (the folder given to `resume_from_checkpoint=`).
+        block_ids: the original (unpruned-model) index of each present block; None: 0..L-1.
     """
 
     def __init__(
@@ -131,72 +122,44 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         stage: str = "finetune",
         probe_dataloader: Iterable | None = None,
         resume_from: str | os.PathLike | None = None,
+        block_ids: Sequence[int] | None = None,
     ) -> None:
-        self.estimators = check_estimators(estimators, stage)
+        self.tracker = LayerTracker(estimators, stage, block_ids)
         for est in self.estimators.values():
             if hasattr(est, "global_layout"):
                 # accelerate deals each process whole consecutive batches (not round-robin):
                 # the global batch is theirs one after another (estimators/distributed.py)
                 est.global_layout = "concat"
-        if self._kind("probe") and probe_dataloader is None:
+        if self.tracker.kind("probe") and probe_dataloader is None:
             raise ValueError(
-                f"probe estimators {sorted(self._kind('probe'))} need a fixed probe set. Fix: "
-                "pass probe_dataloader=<unshuffled DataLoader of tokenized dicts>."
+                f"probe estimators {sorted(self.tracker.kind('probe'))} need a fixed probe set. "
+                "Fix: pass probe_dataloader=<unshuffled DataLoader of tokenized dicts>."
             )
-        self.stage = stage
         self.probe_dataloader = probe_dataloader
         self.resume_from = resume_from
-        self.history: dict[str, dict[str, dict[str, Any]]] = {}
-        self.reference_committed: dict[str, bool] = {k: False for k in self.estimators}
-        self._tap: ActivationTap | None = None
-        self._hf_model: nn.Module | None = None
-        self._epoch = 0
-        self._epoch_batches = 0  # training batches fed since the last recorded epoch
+        self._hf_model: Any = None
 
-    def _kind(self, kind: str) -> dict[str, Any]:
-        return {k: e for k, e in self.estimators.items() if e.input_kind == kind}
+    @property
+    def estimators(self) -> dict[str, Any]:
+        return self.tracker.estimators
 
-    def _probe(self) -> None:
-        probes = self._kind("probe")
-        if probes and self._hf_model is not None:
-            device = next(self._hf_model.parameters()).device
-            run_probe(self._hf_model, self.probe_dataloader, probes, device)
+    @property
+    def stage(self) -> str:
+        return self.tracker.stage
 
-    def _feed(self, hidden: Any, ffn: Any, mask: Tensor) -> None:
-        self._epoch_batches += 1
-        feed_estimators(self.estimators, hidden, ffn, mask)
+    @property
+    def reference_committed(self) -> dict[str, bool]:
+        return self.tracker.reference_committed
 
     def _record_epoch(self) -> None:
-        if self._tap is not None:
-            self._tap.stop()  # an epoch ending on a partial accumulation group
-        self._probe()
-        self._epoch += 1
-        record_epoch(
-            self.history.setdefault(self.stage, {}),
-            self.estimators,
-            self._tap.incomplete_ffn_batches if self._tap is not None else 0,
-            where=f"{self.stage} epoch {self._epoch}",
-        )
-        if self._tap is not None:
-            self._tap.incomplete_ffn_batches = 0
-        self._epoch_batches = 0
+        self.tracker.record_epoch(self._hf_model, self.probe_dataloader)
 
     # -- wiring
     def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
         if model is None:
             raise ValueError("LayerDynamicsTrainerCallback needs the Trainer's `model`.")
-        if self._tap is not None:
-            self._tap.remove()
-        for est in self.estimators.values():
-            if isinstance(est, nn.Module):
-                est.to("cpu")
         self._hf_model = find_hf_model(model)
-        self._tap = ActivationTap(
-            self._hf_model,
-            want_hidden=bool(self._kind("hidden_states")),
-            want_ffn=bool(self._kind("ffn_activations")),
-            consumer=self._feed,
-        )
+        self.tracker.attach(self._hf_model)
         if state.global_step > 0:  # a fresh TrainerState starts at 0: this run resumes
             self._resume(args, state)
         elif self.resume_from is not None:
@@ -205,76 +168,40 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
                 "at step 0 (pass resume_from_checkpoint= to trainer.train() to resume).",
                 self.resume_from,
             )
-        pending = [k for k, e in self._kind("probe").items() if not self.reference_committed[k]]
-        if pending:
-            # X^t for the first epoch: the model's representations before training.
-            self._probe()
-            for key in pending:
-                self.estimators[key].commit()
-                self.reference_committed[key] = True
+        self.tracker.commit_reference(self._hf_model, self.probe_dataloader)
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
-        if self._tap is not None:
-            self._tap.remove()
-            self._tap = None
+        self.tracker.detach()
 
     # -- per optimizer step (all its micro-batches)
     def on_step_begin(self, args, state, control, **kwargs) -> None:
-        if self._tap is not None:
-            self._tap.start()
+        self.tracker.start()
 
     def on_step_end(self, args, state, control, **kwargs) -> None:
-        if self._tap is not None:
-            self._tap.stop()
+        self.tracker.stop()
 
-    # -- per epoch
     def on_epoch_end(self, args, state, control, **kwargs) -> None:
         self._record_epoch()
 
     def profiles(self) -> dict[str, Any]:
         """{indexing, <stage>: {<estimator>: {layers, <series>: [per-epoch values]}}}."""
-        return {"indexing": INDEXING, **self.history}
+        return self.tracker.profiles()
 
     # -- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """`LayerDynamicsCallback.state_dict()`'s content plus the open epoch's counters."""
-        return {
-            "format": STATE_FORMAT,
-            "history": self.history,
-            "stage": self.stage,
-            "reference_committed": dict(self.reference_committed),
-            **estimators_state(self.estimators),
-            "epochs_recorded": self._epoch,
-            "open_epoch_batches": self._epoch_batches,
-            "incomplete_ffn_batches": self._tap.incomplete_ffn_batches if self._tap else 0,
-        }
+        """The tracker's state: history, probe references, the open epoch's running sums."""
+        return self.tracker.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = state_dict.get("history", {})
-        committed = state_dict.get("reference_committed", {})
-        self.reference_committed.update(
-            {k: v for k, v in committed.items() if k in self.estimators}
-        )
-        load_estimators_state(self.estimators, state_dict)
-        self._epoch = state_dict.get("epochs_recorded", 0)
-        self._epoch_batches = state_dict.get("open_epoch_batches", 0)
-        if self._tap is not None:
-            self._tap.incomplete_ffn_batches = state_dict.get("incomplete_ffn_batches", 0)
+        self.tracker.load_state_dict(state_dict)
 
     def on_save(self, args, state, control, **kwargs) -> None:
         if state.is_hyper_param_search:
             return  # trials checkpoint under <output_dir>/run-<trial>, a name callbacks never see
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        path = state_path(folder, args)
         payload = _plain({**self.state_dict(), "global_step": state.global_step}, "state")
-        os.makedirs(folder, exist_ok=True)  # other processes may get here before process 0
-        tmp = f"{path}.tmp"
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)  # a crash mid-write never leaves a torn state file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        # a crash mid-write never leaves a torn state file
+        atomic_write(state_path(folder, args), lambda tmp: torch.save(payload, tmp))
 
     def _resume(self, args, state) -> None:
         folder = self.resume_from or os.path.join(
@@ -307,7 +234,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
                 "LayerDynamicsTrainerCallback: %s holds no state for estimators %s; they "
                 "restart at this step.", path, missing,
             )  # fmt: skip
-        if not self._epoch_batches:
+        if not self.tracker.open_epoch_batches:
             return
         if state.epoch is not None and float(state.epoch).is_integer():
             # Saved at the epoch's last step, before on_epoch_end: the Trainer resumes with the
@@ -315,9 +242,4 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
             self._record_epoch()
         elif args.ignore_data_skip:
             # The Trainer replays this epoch from its first batch: drop its partial sums.
-            for est in self.estimators.values():
-                if est.input_kind != "probe":
-                    est.reset()
-            self._epoch_batches = 0
-            if self._tap is not None:
-                self._tap.incomplete_ffn_batches = 0
+            self.tracker.drop_open_epoch()

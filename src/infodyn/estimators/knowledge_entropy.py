@@ -10,7 +10,8 @@ Input (``input_kind="ffn_activations"``): per block, the input of the FFN output
 with the mean over all non-padding tokens seen this epoch. H_b lies in [0, ln F]: ln F when
 every neuron carries equal mass, 0 when one neuron carries it all. Higher = pruned first (the
 paper's baseline ranking). State: sum |a| per (block, neuron) ``[L, F]`` in float64 and a token
-count; a batch whose real-token activations contain NaN/inf is skipped and counted.
+count; a batch whose real-token activations contain NaN/inf is skipped and counted. Updates run
+on the activations' device and never read a tensor on the host.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class KnowledgeEntropy(Metric):
     def __init__(
         self, num_layers: int | None = None, ffn_dim: int | None = None, **kwargs
     ) -> None:
-        kwargs.setdefault("dist_sync_fn", sync_on_backend_device)  # CPU state under NCCL
+        kwargs.setdefault("dist_sync_fn", sync_on_backend_device)  # any state device, any backend
         super().__init__(**kwargs)
         if (num_layers is None) != (ffn_dim is None):
             raise ValueError("give both num_layers and ffn_dim, or neither")
@@ -73,6 +74,9 @@ class KnowledgeEntropy(Metric):
                 f"KnowledgeEntropy: got [L, F] = {shape} but the running state is "
                 f"{tuple(self.sum_abs.shape)}; build a new estimator after changing the model."
             )
+        real = attention_mask != 0
+        if real.device != states[0].device:
+            real = real.to(states[0].device)
         with torch.no_grad():
             rows = []
             for a in states:
@@ -81,30 +85,25 @@ class KnowledgeEntropy(Metric):
                         f"activations must be [B, T, F] matching the mask "
                         f"{tuple(attention_mask.shape)}, got {tuple(a.shape)}"
                     )
-                real = attention_mask.to(a.device) != 0
-                a = self._abs(a.detach())
-                # One masked reduction (bmm) instead of where() + sum: no [B, T, F] copy.
-                row = torch.einsum("btf,bt->f", a, real.to(a.dtype))
-                if not torch.isfinite(row).all():
-                    # 0 * NaN = NaN: padding holding NaN/inf must never count (rare path).
-                    row = torch.where(real.unsqueeze(-1), a, 0.0).sum(dim=(0, 1))
-                rows.append(row.double())
-            batch_sum = torch.stack(rows).to(self.device)
-        if not torch.isfinite(batch_sum).all():
-            self.nonfinite_batches += 1
-            return
-        self.sum_abs += batch_sum
-        self.num_tokens += int((attention_mask != 0).sum())
-        self.num_batches += 1
+                a_abs = self._abs(a.detach())  # a fresh buffer: zeroing padding in place is safe
+                # masked_fill, not a masked sum: 0 * NaN = NaN must never let padding count
+                a_abs.masked_fill_(~real.unsqueeze(-1), 0.0)
+                rows.append(a_abs.sum(dim=(0, 1)).double())
+            batch_sum = torch.stack(rows)
+        # a non-finite batch adds nothing: where(), not an `if` that would read it on the host
+        finite = torch.isfinite(batch_sum).all()
+        self.sum_abs += torch.where(finite, batch_sum, 0.0)
+        self.num_tokens += torch.where(finite, real.sum(), 0)
+        self.num_batches += finite.long()
+        self.nonfinite_batches += (~finite).long()
 
     def _abs(self, a: Tensor) -> Tensor:
-        """``|a|`` in the compute dtype. On the CPU it is written into one scratch buffer that
-        every block and batch reuse: a fresh ``[B, T, F]`` allocation per block cost more than
-        the reduction itself (page faults; 17.6 vs 4.7 ms per block at 32 x 128 x 3072). GPUs'
-        caching allocators make the fresh tensor cheap, so there nothing is held."""
+        """``|a|`` in the compute dtype, in a buffer the caller may overwrite. On the CPU it is
+        one scratch buffer that every block and batch reuse (a fresh ``[B, T, F]`` allocation
+        per block costs page faults there); GPUs' caching allocators make a fresh one cheap."""
         dtype = compute_dtype(a.dtype)
         if a.device.type != "cpu":
-            return a.to(dtype).abs()
+            return a.to(dtype).abs_() if a.dtype != dtype else a.abs()
         scratch = self._scratch
         if scratch is None or scratch.numel() < a.numel() or scratch.dtype != dtype:
             scratch = self._scratch = torch.empty(a.numel(), dtype=dtype)

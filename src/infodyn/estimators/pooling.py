@@ -2,8 +2,8 @@
 
 `pool(hidden [B, T, D], mask [B, T], how) -> [B, D]` turns one layer's token states into one
 vector per sample. Padding (mask == 0) never enters the result, whatever values it holds (NaN
-included). The result is float32, or float64 when the input is float64, so bf16/fp16 inputs
-are upcast before any arithmetic.
+included). The result is float32, or float64 when the input is float64: bf16/fp16 inputs are
+summed in float32. No branch reads a tensor on the host (this runs every training step).
 
 - ``mean``: mean over the non-padding tokens (default). A row with no real token pools to 0.
 - ``cls``: the first non-padding token (index 0 under right padding; the first real token under
@@ -47,20 +47,15 @@ def pool(hidden: Tensor, mask: Tensor | None, how: str = "mean") -> Tensor:
             raise ValueError(
                 f"attention_mask must be [B, T] = {(batch, length)}, got {tuple(mask.shape)}"
             )
-        real = mask.to(hidden.device) != 0
-    hidden = hidden.to(compute_dtype(hidden.dtype))
+        real = mask != 0
+        if real.device != hidden.device:
+            real = real.to(hidden.device)
+    dtype = compute_dtype(hidden.dtype)
     if how == "mean":
-        # A batched matrix-vector product reads the states once and writes only [B, D];
-        # a masked where() would first copy all of [B, T, D] (this runs every training step).
-        weights = real.to(hidden.dtype)
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1)
-        pooled = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1)  # [B,1,T] @ [B,T,D]
-        if torch.isfinite(pooled).all():
-            return pooled
-        # 0 * NaN = NaN: padding holding NaN/inf must still never leak in (rare path).
-        summed = torch.where(real.unsqueeze(-1), hidden, 0.0).sum(dim=1)
-        count = real.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)
-        return summed / count
+        # where(), not a masked matmul: 0 * NaN = NaN, so padding holding NaN/inf would leak
+        # in, and testing for that first would read the result on the host every step.
+        summed = torch.where(real.unsqueeze(-1), hidden, 0.0).sum(dim=1, dtype=dtype)
+        return summed / real.sum(dim=1, keepdim=True).clamp(min=1).to(dtype)
     positions = torch.arange(length, device=hidden.device)
     if how == "cls":
         # First real token: the smallest position with mask 1.
@@ -68,4 +63,4 @@ def pool(hidden: Tensor, mask: Tensor | None, how: str = "mean") -> Tensor:
     else:
         # Last real token: the largest position with mask 1.
         index = torch.where(real, positions, -1).amax(dim=1).clamp(min=0)
-    return hidden[torch.arange(batch, device=hidden.device), index]
+    return hidden[torch.arange(batch, device=hidden.device), index].to(dtype)
