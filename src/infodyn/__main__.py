@@ -5,8 +5,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from infodyn.config import CONF_DIR  # also registers ${infodyn.config_hash:} for the run dir
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+
+# An absolute config dir: the same conf/ from a source checkout (symlink) and from a wheel.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     if cfg.run.get("dry_run"):
         # `-m ... run.dry_run=true`: print each job's resolved config, train nothing

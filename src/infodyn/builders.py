@@ -14,9 +14,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infodyn.checkpoints import AtomicCheckpoint
+from infodyn.config import CONF_DIR  # the one config location: package data
+from infodyn.config import options as _options
 from infodyn.errors import ConfigError
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def estimator_configs(cfg: DictConfig) -> dict[str, Any]:
@@ -36,10 +36,6 @@ def estimator_configs(cfg: DictConfig) -> dict[str, Any]:
             )
         out[str(name)] = sub
     return out
-
-
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def build_estimators(cfg: DictConfig, needed: str | None = None) -> dict[str, Any]:

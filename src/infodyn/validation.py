@@ -1,131 +1,241 @@
-"""Input checks before any training: config values, output paths, then the built model."""
+"""Input checks before any work: the schema, the conflicts the config decides, output paths.
+
+`validate(cfg)` runs the schema (`infodyn.config.check_schema`) and then every rule of `RULES`,
+each a named function that raises one `ConfigError` paragraph. `PreflightCallback` (registered
+in conf/hydra/default.yaml) runs the path checks and `validate` on every job of a run or a sweep
+before Hydra writes anything (`.hydra/`, a log, an output dir).
+"""
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping
+import functools
+import inspect
+import json
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from infodyn.config import check_schema, load_option
 from infodyn.errors import ConfigError
 
-# Lightning's accepted `precision` values (trainer/connectors/accelerator_connector.py).
-PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
-PRECISIONS += ("16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
-# A value used as a directory name (run dirs, W&B names): no separators, no `..`.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.,=+-]+$")
+# Values interpolated into the default run and sweep dirs.
+PATH_KEYS = ("seed", "task.name", "model.name", "sweep_name")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cheap checks on plain config values (types and ranges), before anything is loaded."""
-    checks = [
-        ("seed", cfg.get("seed"), int, lambda v: v >= 0, "a non-negative integer"),
-        ("data.batch_size", cfg.data.batch_size, int, lambda v: v >= 1, "an integer >= 1"),
-        (
-            "data.eval_batch_size",
-            cfg.data.eval_batch_size,
-            int,
-            lambda v: v >= 1,
-            "an integer >= 1",
-        ),
-        ("data.max_seq_length", cfg.data.max_seq_length, int, lambda v: v >= 8, "an integer >= 8"),
-        ("optim.lr", cfg.optim.lr, float, lambda v: 0 < v < 1, "a float in (0, 1), e.g. 2e-5"),
-        (
-            "optim.warmup_ratio",
-            cfg.optim.warmup_ratio,
-            float,
-            lambda v: 0 <= v < 1,
-            "a float in [0, 1)",
-        ),
-        (
-            "stages.finetune_epochs",
-            cfg.stages.finetune_epochs,
-            int,
-            lambda v: v >= 0,
-            "an integer >= 0",
-        ),
-        (
-            "stages.recover_epochs",
-            cfg.stages.recover_epochs,
-            int,
-            lambda v: v >= 0,
-            "an integer >= 0",
-        ),
-    ]
-    for opt in ("train_limit", "eval_limit"):
-        if cfg.data.get(opt) is not None:
-            checks.append(
-                (f"data.{opt}", cfg.data[opt], int, lambda v: v >= 1, "null or an integer >= 1")
-            )
-    optional = [
-        ("data.calibration_size", cfg.data.get("calibration_size"), int, ">= 1", 1),
-        ("data.num_workers", cfg.data.get("num_workers"), int, ">= 0", 0),
-        ("run.throughput_batches", cfg.run.get("throughput_batches"), int, ">= 1", 1),
-        (
-            "trainer.accumulate_grad_batches",
-            cfg.trainer.get("accumulate_grad_batches"),
-            int,
-            ">= 1",
-            1,
-        ),
-        ("trainer.gradient_clip_val", cfg.trainer.get("gradient_clip_val"), float, ">= 0", 0),
-    ]
-    if cfg.finetune.get("name") == "lora":
-        optional += [
-            ("finetune.r", cfg.finetune.get("r"), int, ">= 1", 1),
-            ("finetune.alpha", cfg.finetune.get("alpha"), float, "> 0", 1e-12),
-            ("finetune.dropout", cfg.finetune.get("dropout"), float, ">= 0 (and < 1)", 0),
-        ]
-    for key, value, typ, text, low in optional:
-        if value is not None:
-            bound = 1 if key == "finetune.dropout" else math.inf
-            checks.append(
-                (
-                    key,
-                    value,
-                    typ,
-                    lambda v, lo=low, hi=bound: lo <= v < hi,
-                    f"a {typ.__name__} {text}",
-                )
-            )
-    for key, value, typ, ok, want in checks:
-        cast = value
-        if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
-            cast = float(value)
-        if isinstance(value, bool) or not isinstance(cast, typ) or not ok(cast):
-            raise ConfigError(f"{key}={value!r} is invalid: expected {want}. Fix: {key}=<{want}>.")
-    if cfg.finetune.get("name") not in ("full", "lora"):
+    """The schema, then every rule of `RULES`: types, ranges, keys and conflicts, cheap."""
+    check_schema(cfg)
+    for rule in RULES:
+        rule(cfg)
+
+
+# -- the conflicts the config decides (each rule: one named function) -----------------------
+
+
+def accelerator_available(cfg: DictConfig) -> None:
+    """`trainer.accelerator` names an accelerator Lightning knows and this machine has."""
+    import torch
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+
+    name = str(cfg.trainer.get("accelerator", "auto"))
+    known = sorted(AcceleratorRegistry.available_accelerators())
+    if name == "auto":
+        return
+    lookup = "cuda" if name == "gpu" else name
+    if lookup not in known:
         raise ConfigError(
-            f"finetune={cfg.finetune.get('name')!r} is unknown. Fix: finetune=full "
-            "or finetune=lora."
+            f"trainer.accelerator={name!r} is not a Lightning accelerator (known: auto, gpu, "
+            f"{', '.join(known)}). Fix: trainer.accelerator=auto (or trainer=cpu / trainer=gpu)."
         )
-    precision = str(cfg.trainer.get("precision"))
-    if precision not in PRECISIONS:
+    if not AcceleratorRegistry[lookup]["accelerator"].is_available():
+        have = "CUDA" if lookup == "cuda" else lookup.upper()
         raise ConfigError(
-            f"trainer.precision={precision!r} is not a Lightning precision. Fix: "
-            "trainer.precision=32-true (or bf16-mixed, 16-mixed on a GPU)."
+            f"trainer.accelerator={name} but this machine has no {have} device (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Fix: trainer=cpu "
+            "(or trainer.accelerator=auto), or run on a machine with that device."
         )
-    _check_strategy(cfg)
-    if cfg.logger.get("name", "none") not in ("none", "csv", "wandb"):
+
+
+def fsdp_needs_gpu(cfg: DictConfig) -> None:
+    """Lightning's FSDP refuses CPUs, but only after the data and model are built."""
+    import torch
+
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if not strategy.startswith("fsdp"):
+        return
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         raise ConfigError(
-            f"logger.name={cfg.logger.get('name')!r} is unknown. Fix: logger=wandb, logger=csv "
-            "or logger=none."
+            f"trainer.strategy={strategy} needs CUDA GPUs: Lightning's FSDP refuses "
+            f"accelerator={accelerator!r}"
+            + ("" if accelerator == "cpu" else " on a machine without a GPU")
+            + ". Fix: run it on GPUs (trainer.accelerator=gpu), or use trainer=ddp "
+            "(gloo on CPU) or trainer=cpu here."
         )
-    reduce = cfg.pruner.get("reduce") if isinstance(cfg.get("pruner"), Mapping) else None
-    if reduce is not None and reduce not in ("last", "mean", "calibration"):
-        raise ConfigError(
-            f"pruner.reduce={reduce!r} is unknown. Fix: pruner.reduce=last, mean or calibration."
-        )
-    for key in ("task.name", "model.name", "sweep_name"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and (not _SAFE_NAME.match(str(value)) or set(str(value)) == {"."}):
+
+
+def pruner_estimator_exists(cfg: DictConfig) -> None:
+    """The estimator a pruner's config names is selected or has a conf/estimator entry."""
+    _estimators_in_effect(cfg)
+
+
+def pair_estimators_need_two_samples(cfg: DictConfig) -> None:
+    """An estimator that pairs samples of a batch (cosine) needs at least 2 per batch."""
+    for name, entry, cls in _estimator_classes(cfg):
+        params = _parameters(cls)
+        least = getattr(cls, "min_batch_size", 2 if "pairing" in params else 1)
+        batch = int(cfg.data.batch_size) * _processes_sharing_a_batch(cfg, entry, params)
+        if batch < least:
             raise ConfigError(
-                f"{key}={value!r} is used as a directory name but holds a path separator, '..' "
-                "or other unsafe characters. Fix: letters, digits and _ . , = + - only."
+                f"data.batch_size={cfg.data.batch_size} but estimator {name} pairs samples of "
+                f"one batch and needs at least {least} per batch: every batch would be skipped "
+                f"and the fine-tune would end with no score. Fix: data.batch_size={least} or "
+                f"more, or drop {name} from estimator=[...]."
             )
+
+
+def projection_fits_model_width(cfg: DictConfig) -> None:
+    """A projecting estimator (gaussian, exact) cannot project to more dims than the model has."""
+    width = _model_hf_config(cfg).get("hidden_size")
+    if width is None:
+        return
+    for name, entry, cls in _estimator_classes(cfg):
+        params = _parameters(cls)
+        if "projection" not in params:
+            continue
+        arg = next((a for a in ("k", "d") if a in params), None)
+        if arg is None:
+            continue
+        dims = entry.get(arg, params[arg].default)
+        if isinstance(dims, int) and dims > width:
+            raise ConfigError(
+                f"estimator.{name}.{arg}={dims} projects each layer to {dims} dims but "
+                f"model={cfg.model.name} is {width} wide (its config's hidden_size). Fix: "
+                f"estimator.{name}.{arg}={width} or less."
+            )
+
+
+def seq_length_fits_model(cfg: DictConfig) -> None:
+    """`data.max_seq_length` within the model's position embeddings (from its config)."""
+    limit = _model_hf_config(cfg).get("max_positions")
+    if limit is not None:
+        check_seq_length(cfg, limit)
+
+
+def check_seq_length(cfg: DictConfig, limit: int) -> None:
+    """Refuse `data.max_seq_length` above `limit` tokens (the model's position embeddings)."""
+    if int(cfg.data.max_seq_length) > limit:
+        raise ConfigError(
+            f"data.max_seq_length={cfg.data.max_seq_length} exceeds the limit of "
+            f"model={cfg.model.name}, {limit} tokens (its position embeddings). Fix: "
+            f"data.max_seq_length={limit} or less."
+        )
+
+
+def task_labels_agree(cfg: DictConfig) -> None:
+    """A task's head size, label list and main metric agree with each other."""
+    task = cfg.task
+    if task.main_metric not in task.metrics:
+        raise ConfigError(
+            f"task.main_metric={task.main_metric!r} is not among task.metrics="
+            f"{list(task.metrics)}. Fix: task.main_metric={task.metrics[0]} or add it to "
+            "task.metrics."
+        )
+    if task.is_regression and task.num_labels != 1:
+        raise ConfigError(
+            f"task.is_regression=true with task.num_labels={task.num_labels}: a regression "
+            "head has one output. Fix: task.num_labels=1."
+        )
+    labels = task.get("label_list")
+    if not task.is_regression and labels is not None and len(labels) != task.num_labels:
+        raise ConfigError(
+            f"task.label_list has {len(labels)} labels but task.num_labels={task.num_labels}. "
+            f"Fix: task.num_labels={len(labels)}, or list every label."
+        )
+
+
+RULES: list[Callable[[DictConfig], None]] = [
+    accelerator_available,
+    fsdp_needs_gpu,
+    pruner_estimator_exists,
+    pair_estimators_need_two_samples,
+    projection_fits_model_width,
+    seq_length_fits_model,
+    task_labels_agree,
+]
+
+
+def _estimators_in_effect(cfg: DictConfig) -> dict[str, DictConfig]:
+    """`cfg.estimator` plus the one the pruner's config names (the pipeline adds it)."""
+    out = dict(cfg.estimator.items())
+    needed = cfg.pruner.get("estimator")
+    if isinstance(needed, str) and needed not in out:
+        try:
+            out[needed] = load_option(cfg, "estimator", needed)
+        except ConfigError as err:
+            raise ConfigError(f"pruner.estimator={needed!r}: {err}") from None
+    return out
+
+
+def _estimator_classes(cfg: DictConfig) -> list[tuple[str, DictConfig, type]]:
+    from hydra.utils import get_class
+
+    out = []
+    for name, entry in _estimators_in_effect(cfg).items():
+        try:
+            out.append((str(name), entry, get_class(str(entry._target_))))
+        except Exception:  # noqa: BLE001 - the estimator builder names a bad _target_
+            continue
+    return out
+
+
+def _parameters(cls: type) -> Mapping[str, inspect.Parameter]:
+    return inspect.signature(cls).parameters
+
+
+def _processes_sharing_a_batch(cfg: DictConfig, entry: DictConfig, params: Mapping) -> int:
+    """DDP with `batch_scope: global` scores the global batch: B x processes."""
+    devices = cfg.trainer.get("devices", 1)
+    default = params["batch_scope"].default if "batch_scope" in params else None
+    scope = entry.get("batch_scope", default)
+    ddp = str(cfg.trainer.get("strategy", "auto")).startswith("ddp")
+    return int(devices) if ddp and scope == "global" and isinstance(devices, int) else 1
+
+
+def _model_hf_config(cfg: DictConfig) -> dict[str, Any]:
+    """hidden_size and max_positions from the model's HF config (no weights, no network)."""
+    entry = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
+    return _hf_config_facts(entry)
+
+
+@functools.lru_cache(maxsize=32)
+def _hf_config_facts(entry_json: str) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    from infodyn.models import ModelConfigError, max_positions, resolve_model_path
+
+    entry = OmegaConf.create(json.loads(entry_json))
+    try:
+        if entry.source == "random":
+            config = AutoConfig.for_model(entry.arch, **(entry.get("config") or {}))
+        else:
+            path = resolve_model_path(entry)
+            config = AutoConfig.from_pretrained(
+                path, trust_remote_code=False, local_files_only=True
+            )
+    except (ModelConfigError, OSError, ValueError, KeyError, TypeError):
+        return {}  # not on disk yet or not loadable: the model builder says why, later
+    return {
+        "hidden_size": getattr(config, "hidden_size", None),
+        "max_positions": max_positions(SimpleNamespace(config=config)),
+    }
+
+
+# -- output paths ---------------------------------------------------------------------------
 
 
 def check_output_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -143,22 +253,159 @@ def check_output_dir(cfg: DictConfig, run_dir: Path) -> None:
         else:
             settings["hydra.run.dir"] = hc.run.dir
     for key, value in settings.items():
-        if value is not None and ".." in Path(str(value)).parts:
+        if value is not None:
+            _refuse_climbing(key, str(value), cfg)
+
+
+def _refuse_climbing(key: str, value: str, cfg: DictConfig | None = None) -> None:
+    if ".." not in Path(value).parts:
+        return
+    culprits = [
+        f"{k}={OmegaConf.select(cfg, k)!r}"
+        for k in PATH_KEYS
+        if cfg is not None and ".." in str(OmegaConf.select(cfg, k, default=""))
+    ]
+    choice = _pruner_choice()
+    if choice and ".." in choice:
+        culprits.append(f"pruner={choice!r}")
+    via = f" (through {', '.join(culprits)})" if culprits else ""
+    raise ConfigError(
+        f"{key}={value!r} contains a '..' component{via}, so outputs could land outside the "
+        f"output directory. Fix: give {key} (and the config values it is built from) without "
+        "'..', e.g. an absolute path."
+    )
+
+
+def _pruner_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("pruner")
+
+
+# -- the Hydra callback: everything above, before Hydra writes a file -----------------------
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class PreflightCallback(_HydraCallback):
+    """Checks each job's output dir and config before Hydra creates a dir or writes a log."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _or_exit(lambda: _check_run(config))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _or_exit(lambda: _check_sweep(config))
+
+
+def _or_exit(check: Callable[[], None]) -> None:
+    from infodyn.errors import user_errors
+
+    try:
+        check()
+    except user_errors() as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _check_run(config: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(config)
+    _check_dirs(config, "hydra.run.dir")
+    if config.get("run_dir"):
+        _refuse_climbing("run_dir", str(config.run_dir), config)
+    validate(_job_part(config))
+
+
+def _check_sweep(config: DictConfig) -> None:
+    """The sweep dir, then every job the basic sweeper will launch: dir and config."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    HydraConfig.instance().set_config(config)
+    _check_dirs(config, "hydra.sweep.dir")
+    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    if not sweeper.endswith("BasicSweeper"):
+        return  # other sweepers choose their jobs as they go: each job is checked by the pipeline
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    args = params + list(config.hydra.overrides.task)
+    loader = GlobalHydra.instance().config_loader()
+    parser = OverridesParser.create(config_loader=loader)
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(args), None)
+    try:
+        for num, overrides in enumerate(o for batch in batches for o in batch):
+            job = loader.load_sweep_config(config, list(overrides))
+            with open_dict(job):
+                job.hydra.job.id, job.hydra.job.num = f"check_{num}", num
+            HydraConfig.instance().set_config(job)
+            _check_dirs(job, "hydra.sweep.dir", "hydra.sweep.subdir")
+            try:
+                validate(_job_part(job))
+            except ConfigError as err:
+                raise ConfigError(f"sweep job {' '.join(overrides)}: {err}") from None
+    finally:
+        HydraConfig.instance().set_config(config)
+
+
+def _check_dirs(config: DictConfig, *keys: str) -> None:
+    """Each Hydra dir key: its template and its resolved value hold no '..' component."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for key in keys:
+        raw = _unresolved(config, key)
+        if ".." in Path(raw).parts:
+            _refuse_climbing(key, raw, None)
+        try:
+            value = str(OmegaConf.select(config, key))
+        except OmegaConfBaseException as err:
             raise ConfigError(
-                f"{key}={value!r} contains a '..' component, so outputs could land outside "
-                f"the run directory. Fix: give {key} (and the config values it is built from) "
-                "without '..', e.g. an absolute path."
-            )
+                f"{key}={raw!r} cannot be resolved: {' '.join(str(err).split())}. Fix: "
+                f"correct {key} or the values it is built from."
+            ) from None
+        _refuse_climbing(key, value, config)
+
+
+def _unresolved(config: DictConfig, key: str) -> str:
+    node: Any = OmegaConf.to_container(config.hydra, resolve=False)
+    for part in key.split(".")[1:]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return str(node)
+
+
+def _job_part(config: DictConfig) -> DictConfig:
+    """The job config (what the task function gets): `hydra` removed, interpolations intact."""
+    job = config.copy()
+    with open_dict(job):
+        job.pop("hydra", None)
+    return job
+
+
+# -- after the model is built ---------------------------------------------------------------
 
 
 def preflight(cfg: DictConfig, module: Any, tokenizer: Any) -> None:
-    """Checks that need the built model: the tokenizer fits its vocabulary, the sequence length
-    its positions. (The pruner checks k and protect itself: `LayerPruner.check`.)"""
+    """Checks that need the built model: vocabulary and positions. (The pruner checks k and
+    protect itself: `LayerPruner.check`.)"""
     from infodyn.models import find_hf_model, max_positions
 
     hf_model = find_hf_model(module.model)
-    embeddings = hf_model.get_input_embeddings()
-    vocab = int(embeddings.num_embeddings)
+    check_vocab(cfg, hf_model, tokenizer)
+    limit = max_positions(hf_model)
+    if limit is not None:
+        check_seq_length(cfg, limit)
+
+
+def check_vocab(cfg: DictConfig, hf_model: Any, tokenizer: Any) -> None:
+    """Every tokenizer id has a row in the model's embedding table."""
+    vocab = int(hf_model.get_input_embeddings().num_embeddings)
     if len(tokenizer) > vocab:
         raise ConfigError(
             f"the tokenizer of model={cfg.model.name} has {len(tokenizer)} ids but the model's "
@@ -166,33 +413,5 @@ def preflight(cfg: DictConfig, module: Any, tokenizer: Any) -> None:
             "would crash the forward. Fix: set the model's vocab_size to at least "
             f"{len(tokenizer)}, or pair the model with its own tokenizer."
         )
-    limit = max_positions(hf_model)
-    if limit is not None and int(cfg.data.max_seq_length) > limit:
-        raise ConfigError(
-            f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
-            f"limit of {limit} tokens. Fix: data.max_seq_length={limit} or less."
-        )
 
 
-def _check_strategy(cfg: DictConfig) -> None:
-    """Strategy/accelerator combinations Lightning would refuse only after the data is built."""
-    import torch
-
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} but torch sees no CUDA GPU on this machine "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Fix: "
-            "trainer=cpu (or trainer=ddp trainer.accelerator=cpu for several processes), or "
-            "run on a GPU machine with a CUDA build of torch."
-        )
-    if strategy.startswith("fsdp"):
-        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
-            raise ConfigError(
-                f"trainer={strategy} (strategy={strategy}) needs CUDA GPUs: Lightning's FSDP "
-                f"refuses accelerator={accelerator!r}"
-                + ("" if accelerator == "cpu" else " on a machine without a GPU")
-                + ". Fix: run it on GPUs (trainer.accelerator=gpu), or use trainer=ddp "
-                "(gloo on CPU) or trainer=cpu here."
-            )
