@@ -1,6 +1,31 @@
-"""What a job raises: bad inputs (`user_errors()`, CLI exit 2) and divergence (exit 3)."""
+"""What a job raises, and what the CLI tells the user about any failure.
+
+`ConfigError` and the other `user_errors()` mean "fix your input" (CLI exit 2);
+`TrainingDivergedError` means the loss became NaN/inf (exit 3). `explain(err)` maps the known
+failures of transformers, Lightning, torch, datasets and the OS to the same kind of one-paragraph
+message (the input, then the fix) and returns None for anything else: an unknown error is a bug
+and keeps its traceback. `cli_exit(err)` prints the paragraph and returns the exit code.
+"""
 
 from __future__ import annotations
+
+import errno
+import linecache
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+log = logging.getLogger("infodyn")
+
+EXIT_USER = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
 class ConfigError(ValueError):
@@ -19,3 +44,523 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from infodyn.pruners.base import PrunerConfigError
 
     return (ConfigError, DataConfigError, ModelConfigError, PrunerConfigError, LayerListNotFound)
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+def cli_exit(
+    err: BaseException, log_path: str | os.PathLike | None = None, stream: TextIO | None = None
+) -> int | None:
+    """Tell the user about `err` on stderr; the exit code, or None to re-raise `err` unchanged.
+
+    A known failure prints one `error: ...` paragraph and returns 2 (input) or 3 (diverged); an
+    unknown one prints one line naming the log and returns None, so that its traceback (a bug)
+    stays visible. Either way the full traceback goes to the job's log file (`log_path`, by
+    default Hydra's `<output dir>/<job>.log`, found from the logging handlers).
+    """
+    stream = stream or sys.stderr
+    if isinstance(err, SystemExit | GeneratorExit):
+        return None
+    log_path = log_path or job_log_path()
+    if isinstance(err, KeyboardInterrupt):
+        print(
+            "error: interrupted. Rerun the same command: the job resumes from its last "
+            "finished epoch or stage.",
+            file=stream,
+        )
+        return EXIT_INTERRUPTED
+    text = explain(err)
+    _traceback_to_log_files(err, text or "unexpected error")
+    if text is None:
+        where = f"the full log is {log_path}" if log_path else "there is no log file"
+        print(
+            f"error: unexpected {type(err).__name__} (a bug, or a failure infodyn does not "
+            f"know yet; its traceback follows); {where}. Please report it with that log.",
+            file=stream,
+            flush=True,
+        )
+        return None
+    print(f"error: {text}", file=stream, flush=True)
+    return EXIT_DIVERGED if isinstance(err, TrainingDivergedError) else EXIT_USER
+
+
+def job_log_path() -> Path | None:
+    """The file the root logger writes to (Hydra's job log), or None outside Hydra."""
+    for lg in (logging.getLogger(), log):
+        for handler in lg.handlers:
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename != os.devnull:
+                return Path(handler.baseFilename)
+    return None
+
+
+def _traceback_to_log_files(err: BaseException, text: str) -> None:
+    """The traceback into the log files only: the console shows the paragraph (or Hydra's)."""
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, text, (), (type(err), err, err.__traceback__)
+    )
+    for lg in (logging.getLogger(), log):
+        for handler in lg.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+
+# -- explain -------------------------------------------------------------------------------------
+def explain(err: BaseException) -> str | None:
+    """One paragraph naming the input and the fix for a known failure; None for an unknown one."""
+    chain = list(_chain(err))
+    for e in chain:  # first: a pickle's message must never reach the user (it suggests unsafe)
+        text = _unsafe_pickle(e)
+        if text:
+            return _paragraph(text)
+    if isinstance(err, (TrainingDivergedError, *user_errors())):
+        return _paragraph(str(err))
+    for e in chain:
+        for rule in RULES:
+            text = rule(e)
+            if text:
+                return _paragraph(text)
+    return None
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen and len(seen) < 16:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+
+
+def _paragraph(text: str) -> str:
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+
+
+def _short(err: BaseException, limit: int = 240) -> str:
+    """The first sentence-ish of an exception's message, on one line."""
+    text = _paragraph(str(err)).rstrip(".") or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _frames(err: BaseException) -> list[FrameType]:
+    """The traceback's frames, innermost first."""
+    out = []
+    tb = err.__traceback__
+    while tb is not None:
+        out.append(tb.tb_frame)
+        tb = tb.tb_next
+    return out[::-1]
+
+
+def _frame(err: BaseException, func: str, file_part: str = "") -> FrameType | None:
+    for f in _frames(err):
+        if f.f_code.co_name == func and file_part in f.f_code.co_filename.replace(os.sep, "/"):
+            return f
+    return None
+
+
+def _in_package(err: BaseException, *packages: str) -> bool:
+    return any(
+        f"/{p}/" in f.f_code.co_filename.replace(os.sep, "/")
+        for f in _frames(err)
+        for p in packages
+    )
+
+
+PATH_LOCALS = (
+    "filepath", "checkpoint_path", "path", "f", "fp", "fh", "file", "filename", "dataset_path",
+    "dst", "out",
+)  # fmt: skip
+
+
+def _path_of(err: BaseException) -> str | None:
+    """The file an error is about: its `filename`, else a path held by the raising frames."""
+    if getattr(err, "filename", None):
+        return str(err.filename)
+    for f in _frames(err):
+        for name in PATH_LOCALS:
+            value = f.f_locals.get(name)
+            if not isinstance(value, str | os.PathLike) and isinstance(
+                getattr(value, "name", None), str
+            ):  # an open file
+                value = value.name
+            if isinstance(value, str | os.PathLike) and os.sep in str(value):
+                return str(value)
+    return None
+
+
+def _disk_free(path: str | None) -> str:
+    probe = Path(path or ".").absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.0f} MiB" if free < 2**30 else f"{free / 2**30:.1f} GiB"
+
+
+def _file_on_path(path: str) -> Path | None:
+    """The first component of `path` that exists and is not a folder."""
+    p = Path(path).absolute()
+    for part in [*reversed(p.parents), p]:
+        if part.exists() and not part.is_dir():
+            return part
+    return None
+
+
+# -- model folders (transformers) -----------------------------------------------------------------
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+
+
+# transformers' ValueErrors that are about a folder's files (others are wrong arguments: bugs)
+MODEL_FILE_MESSAGES = (
+    "Unrecognized model",
+    "model_type",
+    "Couldn't instantiate the backend tokenizer",
+    "not a valid JSON",
+)
+
+
+def _model_path(err: BaseException) -> str | None:
+    f = _frame(err, "from_pretrained")
+    if f is None:
+        return None
+    value = f.f_locals.get("pretrained_model_name_or_path")
+    return None if value is None else str(value)
+
+
+def _unsafe_pickle(err: BaseException) -> str | None:
+    """A pickle holding more than tensors: never loaded, never a hint to load it unsafely."""
+    text = str(err)
+    unsafe = "Unsupported global" in text or (
+        "weights_only" in text and "Unsupported operand" not in text
+    )
+    if not unsafe:
+        return None
+    model = _model_path(err)
+    if model is not None:
+        pickles = sorted(
+            p.name
+            for p in (Path(model).iterdir() if Path(model).is_dir() else [])
+            if p.suffix in PICKLE_SUFFIXES
+        )
+        return (
+            f"model.name_or_path='{model}' holds its weights only as a pickle "
+            f"({', '.join(pickles) or 'pytorch_model.bin'}) that contains more than tensors; "
+            "infodyn will not load it, because unpickling it could run code. Fix: use a "
+            "copy of the model that ships model.safetensors (from the hub or another source "
+            "you trust), or, only if you trust whoever made this file, convert it to "
+            "safetensors outside infodyn and point model.name_or_path at the result."
+        )
+    path = _path_of(err) or "a checkpoint"
+    return (
+        f"'{path}' is a pickle that contains more than tensors; infodyn will not load it, "
+        "because unpickling it could run code. Fix: delete it (a rerun redoes the stage that "
+        "wrote it), or use a file infodyn wrote itself or one in safetensors format."
+    )
+
+
+def _model_dir_problems(path: str) -> list[str]:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return []
+    names = {x.name for x in p.iterdir()}
+    if not names:
+        return ["the folder is empty"]
+    problems = []
+    if "config.json" not in names:
+        problems.append("it has no config.json")
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if not has_safetensors and pickles:
+        problems.append(
+            f"its weights are only a pickle ({', '.join(pickles)}); use a copy that ships "
+            "model.safetensors"
+        )
+    elif not has_safetensors:
+        problems.append("it has no weights (model.safetensors)")
+    if not names & set(TOKENIZER_FILES):
+        problems.append("it has no tokenizer files (tokenizer.json or vocab files)")
+    return problems
+
+
+def _model_folder(err: BaseException) -> str | None:
+    """An error inside `from_pretrained` about the files of the model folder (or hub id)."""
+    model = _model_path(err)
+    if model is None:
+        return None
+    about_files = isinstance(err, OSError) or type(err).__name__ == "SafetensorError"
+    if not about_files and not (
+        isinstance(err, ValueError) and any(m in str(err) for m in MODEL_FILE_MESSAGES)
+    ):
+        return None  # another error here (a wrong argument) is a bug
+    problems = _model_dir_problems(model)
+    if type(err).__name__ == "SafetensorError":
+        problems.append(f"its safetensors file is truncated or corrupt ({_short(err)})")
+    elif not problems or "JSON" in str(err):
+        problems.append(_short(err))
+    return (
+        f"model.name_or_path='{model}' is not a usable model: {'; '.join(problems)}. Fix: point "
+        "model.name_or_path at a folder written by save_pretrained (config.json, "
+        "model.safetensors and the tokenizer files) or at a hub id, or pick a model that works "
+        "offline (model=minilm_l6, model=roberta_tiny)."
+    )
+
+
+# -- Lightning ---------------------------------------------------------------------------------
+def _trainer_init(err: BaseException) -> FrameType | None:
+    return _frame(err, "__init__", "pytorch_lightning/trainer/trainer.py")
+
+
+def _lightning(err: BaseException) -> str | None:
+    init = _trainer_init(err)
+    misconfig = type(err).__name__ == "MisconfigurationException"
+    if not misconfig and not (init and isinstance(err, ValueError | TypeError | ImportError)):
+        return None
+    msg = re.sub(r"`?Trainer\((\w+)=([^)]*)\)`?", r"trainer.\1=\2", _short(err, 400))
+    given = init.f_locals if init else {}
+    acc = given.get("accelerator", "auto")
+    unavailable = ("is not available", "No supported gpu backend", "torch_xla")
+    if any(s in str(err) for s in unavailable):
+        found = re.search(r"\[([^\]]*)\]", str(err))
+        can = f" (Lightning can use: {found.group(1)})" if found else ""
+        return (
+            f"trainer.accelerator={acc} is not available on this machine{can}. Fix: "
+            "trainer.accelerator=auto (uses what the machine has) or trainer=cpu; run on a "
+            f"machine with a {acc} device to use it."
+        )
+    if "devices" in str(err):
+        return (
+            f"trainer.devices={given.get('devices', '?')} is not valid with "
+            f"trainer.accelerator={acc}: {msg}. Fix: trainer.devices=1 (or a positive count, a "
+            "list of device ids, or auto)."
+        )
+    where = "the trainer settings" if init else "the run"
+    return (
+        f"Lightning refused {where}: {msg}. Fix: correct the trainer.* value it names (the "
+        "defaults are in conf/trainer/default.yaml), or start from trainer=default or trainer=cpu."
+    )
+
+
+# -- the OS: permissions, full disks, files where folders belong --------------------------------
+OUTPUT_FIX = (
+    "send the outputs elsewhere with run_dir=<folder> (or hydra.run.dir=..., "
+    "paths.output_root=..., INFODYN_CACHE=... for the data cache)"
+)
+
+
+def _os(err: BaseException) -> str | None:
+    if not isinstance(err, OSError):
+        return None
+    path = _path_of(err)
+    code = err.errno
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "the file system is read-only" if code == errno.EROFS else "permission denied"
+        return (
+            f"cannot write or read '{path or '?'}': {what}. Fix: {OUTPUT_FIX}, to a folder "
+            "this user may write, or fix that folder's permissions (data and model folders "
+            "only need to be readable)."
+        )
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space (or quota) left on the disk that holds '{path or os.getcwd()}' "
+            f"({_disk_free(path)} free). Fix: free space there, or {OUTPUT_FIX}, on a bigger "
+            "disk; a rerun resumes from the last finished epoch or stage."
+        )
+    if code in (errno.ENOTDIR, errno.EEXIST) and path:
+        blocker = _file_on_path(path)
+        if blocker is not None:
+            return (
+                f"'{blocker}' is a file where infodyn needs a folder (the run dir or one "
+                f"inside it). Fix: remove or rename that file, or {OUTPUT_FIX}."
+            )
+    if code == errno.EISDIR and path:
+        return (
+            f"'{path}' is a folder where infodyn needs a file. Fix: remove or rename that "
+            f"folder, or {OUTPUT_FIX}."
+        )
+    return None
+
+
+def _failed_write(err: BaseException) -> str | None:
+    """torch.save's C++ writer reports a full disk without an errno."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not (
+        "unexpected pos" in text or "file write failed" in text or "basic_ios::clear" in text
+    ):
+        return None
+    path = _path_of(err)
+    return (
+        f"writing '{path or 'a checkpoint'}' failed part-way ({_short(err, 120)}); most likely "
+        f"the disk is full ({_disk_free(path)} free). Fix: free space there, or {OUTPUT_FIX}; "
+        "a rerun resumes from the last finished epoch or stage."
+    )
+
+
+# -- corrupt files -----------------------------------------------------------------------------
+def _corrupt_file(err: BaseException) -> str | None:
+    load = _frame(err, "load", "torch/serialization.py")
+    lightning = _frame(err, "_load_from_checkpoint", "pytorch_lightning/core/saving.py")
+    if load is not None and isinstance(err, Exception):  # whatever the unpickler tripped on
+        path = _path_of(err)
+        what = _short(err, 160) if str(err) else type(err).__name__
+        return (
+            f"'{path}' is truncated or corrupt ({what}). Fix: delete it; a rerun redoes the "
+            "stage that wrote it."
+        )
+    if lightning is not None and isinstance(err, KeyError):
+        path = _path_of(err) or "the checkpoint"
+        return (
+            f"'{path}' is not a checkpoint written by infodyn (it lacks {err}). Fix: delete it; "
+            "a rerun redoes the stage that wrote it."
+        )
+    if type(err).__name__ == "JSONDecodeError":
+        path = _path_of(err) or "a JSON file"
+        return (
+            f"'{path}' is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}). "
+            "Fix: delete it (a rerun rewrites stage files and results.json) or repair it."
+        )
+    if type(err).__name__ == "SafetensorError":
+        path = _path_of(err) or "a safetensors file"
+        return f"'{path}' is truncated or corrupt ({_short(err)}). Fix: delete it or re-export."
+    arrow = type(err).__module__.startswith("pyarrow") or (
+        type(err) is OSError and err.errno is None and _in_package(err, "pyarrow", "datasets")
+    )
+    if arrow:
+        path = _path_of(err) or "the tokenized data cache"
+        return (
+            f"the cached dataset '{path}' is truncated or corrupt ({_short(err, 160)}). Fix: "
+            "delete it (under paths.cache_dir / INFODYN_CACHE); the next run rebuilds it."
+        )
+    return None
+
+
+# -- memory, tokenizer/model and label mismatches ---------------------------------------------
+MEMORY_FIX = (
+    "a smaller data.batch_size (keep the effective batch with trainer.accumulate_grad_batches), "
+    "data.eval_batch_size or data.max_seq_length, trainer.precision=bf16-mixed, or finetune=lora; "
+    "a rerun resumes from the last finished epoch."
+)
+
+
+def _memory(err: BaseException) -> str | None:
+    text = str(err)
+    if type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError)
+        and ("CUDA out of memory" in text or "CUDA error: out of memory" in text)
+    ):
+        return f"the GPU ran out of memory ({_short(err, 160)}). Fix: {MEMORY_FIX}"
+    if isinstance(err, MemoryError):
+        return f"the machine ran out of memory. Fix: data.num_workers=0, {MEMORY_FIX}"
+    return None
+
+
+def _index_mismatch(err: BaseException) -> str | None:
+    beyond = re.match(r"index (\d+) is out of bounds for dimension \d+ with size (\d+)", str(err))
+    frames = _frames(err)
+    if beyond and frames and "Embeddings" in type(frames[0].f_locals.get("self")).__name__:
+        # an HF embeddings module slicing its position buffers: the sequence is too long
+        return (
+            f"a position id ({beyond.group(1)}) is beyond the model's {beyond.group(2)} "
+            "positions: the sequences are longer than the model allows. Fix: a smaller "
+            f"data.max_seq_length (at most {beyond.group(2)})."
+        )
+    if not isinstance(err, IndexError):
+        return None
+    emb = _frame(err, "embedding", "torch/nn/functional.py")
+    if emb is not None and "index out of range" in str(err):
+        ids, weight = emb.f_locals.get("input"), emb.f_locals.get("weight")
+        rows = getattr(weight, "shape", ["?"])[0]
+        top = int(ids.max()) if hasattr(ids, "max") and ids.numel() else "?"
+        table = _embedding_name(err)
+        if "position" in table:
+            return (
+                f"a position id ({top}) is beyond the model's position table ({rows} rows): "
+                "the sequences are longer than the model allows. Fix: a smaller "
+                f"data.max_seq_length (at most {rows} minus the model's offset)."
+            )
+        return (
+            f"a token id ({top}) is beyond the model's {table or 'embedding'} table ({rows} "
+            "rows): the tokenizer does not belong to the model. Fix: use the tokenizer saved "
+            "with the model (same model.name_or_path), or set model.config.vocab_size to at "
+            "least the tokenizer's size."
+        )
+    found = re.match(r"Target (-?\d+) is out of bounds", str(err))
+    if found:
+        ce = _frame(err, "cross_entropy", "torch/nn/functional.py")
+        logits = ce.f_locals.get("input") if ce else None
+        n = logits.shape[-1] if hasattr(logits, "shape") else "?"
+        return (
+            f"a label ({found.group(1)}) is beyond the classifier's {n} outputs: the data's "
+            "labels do not match the task. Fix: check task=... against the data files (labels "
+            "must be 0..num_labels-1), or the label column of the task's data."
+        )
+    return None
+
+
+def _embedding_name(err: BaseException) -> str:
+    """Which embedding table of the model raised (word, position, token type), if known."""
+    frames = _frames(err)
+    for i, f in enumerate(frames):
+        if f.f_code.co_name == "forward" and "torch/nn/modules/sparse.py" in (
+            f.f_code.co_filename.replace(os.sep, "/")
+        ):
+            module = f.f_locals.get("self")
+            for outer in frames[i + 1 :]:
+                owner = outer.f_locals.get("self")
+                if owner is module or "torch/nn/modules/" in outer.f_code.co_filename.replace(
+                    os.sep, "/"
+                ):
+                    continue  # the Embedding's own call wrappers
+                if owner is not None and hasattr(owner, "named_children"):
+                    for name, child in owner.named_children():
+                        if child is module:
+                            return name.replace("_", " ")
+                    break
+    line = linecache.getline(frames[0].f_code.co_filename, frames[0].f_lineno) if frames else ""
+    return "position" if "position" in line else ""
+
+
+def _cuda_assert(err: BaseException) -> str | None:
+    if isinstance(err, RuntimeError) and "device-side assert triggered" in str(err):
+        return (
+            "a CUDA kernel assertion failed (usually a token id beyond the vocabulary or a "
+            "label beyond num_labels). Fix: rerun the same command with trainer=cpu, which "
+            "names the offending value; then fix the tokenizer (model.name_or_path) or the task."
+        )
+    return None
+
+
+# -- datasets (the hub) -------------------------------------------------------------------------
+def _datasets_hub(err: BaseException) -> str | None:
+    name = type(err).__name__
+    hub = name in ("DatasetNotFoundError", "DataFilesNotFoundError") or (
+        isinstance(err, ConnectionError) and "on the Hub" in str(err)
+    )
+    if not hub or not _in_package(err, "datasets"):
+        return None
+    return (
+        f"the dataset could not be loaded from the Hugging Face hub ({_short(err, 160)}). Fix: "
+        "set GLUE_DIR=<folder with the classic GLUE layout> (paths.glue_dir=...), or go online "
+        "once (unset HF_HUB_OFFLINE) so that datasets caches it."
+    )
+
+
+RULES: tuple[Callable[[BaseException], str | None], ...] = (
+    _model_folder,
+    _lightning,
+    _memory,
+    _datasets_hub,
+    _corrupt_file,
+    _failed_write,
+    _os,
+    _index_mismatch,
+    _cuda_assert,
+)
