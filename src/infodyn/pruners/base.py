@@ -284,6 +284,9 @@ class PrunerArgs:
     def needs_estimator(self) -> str | None:
         return None
 
+    def needs_profile(self) -> bool:
+        return False
+
     def num_to_remove(self, num_layers: int) -> int:
         """`k` for a model with `num_layers` blocks (from `k` or `fraction`); validates both
         and that `protect` leaves `k` blocks removable."""

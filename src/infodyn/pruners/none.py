@@ -21,6 +21,9 @@ class NoPruner:
     def needs_estimator(self) -> str | None:
         return None
 
+    def needs_profile(self) -> bool:
+        return False
+
     def num_to_remove(self, num_layers: int) -> int:
         """Always 0."""
         return 0

@@ -45,6 +45,9 @@ class RedundancyPruner(PrunerArgs):
     def needs_estimator(self) -> str | None:
         return self.estimator
 
+    def needs_profile(self) -> bool:
+        return self.reduce != "calibration"  # calibration re-scores the model itself
+
     def check(self, num_layers: int, estimators: Mapping[str, Any]) -> None:
         super().check(num_layers, estimators)
         est = built_estimator(estimators, self.estimator)
