@@ -121,6 +121,7 @@ class Data(_Section):
     eval_limit: OptCount = None
     num_workers: int = _int(0, eg=0, default=0)
     calibration_size: Count = 256
+    hub_dataset: str = "nyu-mll/glue"  # a hub id, a mirror, or a local folder in its layout
 
 
 class Optim(_Section):
@@ -141,7 +142,9 @@ class Run(_Section):
     share_finetune: bool = False
     save_stage_checkpoints: bool = True
     export_pruned_model: bool = True
-    throughput_batches: Count = 8
+    throughput_batches: Count = 3
+    throughput_seconds: float = Field(1.0, ge=0, description="a number of seconds >= 0")
+    overwrite: bool = False
 
 
 class Task(_Section):
@@ -159,11 +162,14 @@ class Task(_Section):
     eval_files: dict[str, str]
     hub_splits: dict[str, str]
     tsv: dict[str, Any] = Field(default_factory=dict)  # the data package reads it
+    label_names: list[str] | None = None
+    eval_splits: list[str] | None = None
+    label_range: list[float] | None = None
 
 
 class Model(_Section):
     name: SafeName
-    source: Literal["hub", "package", "random"] = Field(
+    source: Literal["hub", "package", "random", "split_zip"] = Field(
         description="one of 'hub', 'package', 'random'", examples=["hub"]
     )
     name_or_path: str | None = None
@@ -174,11 +180,17 @@ class Model(_Section):
     init_seed: int | None = _int(0, SEED_MAX, eg=0, default=None)
     max_position_tokens: int = _int(1, eg=512)
     trust_remote_code: bool = False
+    archive: str | None = None
+    hub_id: str | None = None
+    cache_dir: str | None = None
     config: dict[str, Any] | None = None  # HF config kwargs: transformers checks them
 
 
 class Finetune(_Section):
-    name: Literal["full", "lora"] = Field(description="'full' or 'lora'", examples=["full"])
+    name: Literal["full", "lora", "last_blocks"] = Field(
+        description="'full', 'lora' or 'last_blocks'", examples=["full"]
+    )
+    n: int | None = _int(1, eg=2, default=None)
     r: int | None = _int(1, eg=8, default=None)
     alpha: float | None = Field(None, gt=0, description="a number > 0", examples=[16])
     dropout: float | None = Field(
@@ -197,6 +209,7 @@ class Trainer(_Section):
     """Lightning `Trainer` arguments: the basics typed, any other must be a `Trainer` argument."""
 
     model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+    target: str | None = Field(None, alias="_target_")
     accelerator: str = Field("auto", description="auto, cpu, gpu, cuda, mps or tpu")
     devices: int | str | list[int] = Field(
         1, description="an integer >= 1, 'auto', or a list of device ids", examples=[1]

@@ -25,10 +25,7 @@ INERT = (
     "project",
     "sweep_name",
     "logger",
-    "paths.root",
-    "paths.cache_dir",
-    "paths.output_root",
-    "paths.finetune_cache",
+    "paths",  # where data and outputs live, not what they hold (the data cache keys content)
     "run.dry_run",
     "run.skip_if_complete",
     "run.overwrite",

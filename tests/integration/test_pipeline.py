@@ -66,7 +66,9 @@ def test_fast_dev_run_classification_and_regression(tiny_cfg, task, metrics) -> 
     assert (Path(cfg.run_dir) / res["config_path"]).is_file()
     prof = res["profiles"]["finetune"]["cosine"]
     assert len(prof["redundancy"]) == 2 and len(prof["redundancy"][0]) == 4  # 2 epochs x 4 blocks
-    assert all(0.0 <= r <= 0.5 for r in prof["redundancy"][-1])
+    # block 0 pairs the embeddings with its output: no score (the paper scores from layer 2)
+    assert prof["redundancy"][-1][0] is None
+    assert all(0.0 <= r <= 0.5 for r in prof["redundancy"][-1][1:])
     assert "0-based" in res["profiles"]["indexing"]
 
 
@@ -91,7 +93,7 @@ def test_every_pruner_runs_all_stages(tiny_cfg, pruner) -> None:
     assert len(res["profiles"]["recover"]["cosine"]["redundancy"][0]) == 2  # pruned model's blocks
     if pruner == "redundancy":  # the k highest scores of the last fine-tuning epoch go
         last = res["profiles"]["finetune"]["cosine"]["redundancy"][-1]
-        top = sorted(range(4), key=lambda i: -last[i])[:2]
+        top = sorted((i for i in range(4) if last[i] is not None), key=lambda i: -last[i])[:2]
         assert res["pruned_layers"] == sorted(top)
         assert res["layer_scores"] == pytest.approx(last)
     # the exported model loads with plain transformers and has the pruned depth

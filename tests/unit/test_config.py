@@ -119,7 +119,7 @@ def test_several_estimators_at_once() -> None:
 
 def test_cross_group_values_are_interpolated() -> None:
     cfg = compose_config(["task=stsb", "model=roberta_tiny"])
-    assert cfg.logger.job_type == "stsb"
+    assert cfg.logger.wandb.job_type == "stsb"
     assert cfg.estimator.cosine.seed == cfg.seed
     cfg = compose_config(["seed=7", "pruner=random"])
     assert cfg.pruner.seed == 7
