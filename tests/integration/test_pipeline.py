@@ -183,7 +183,10 @@ def test_cli_writes_results_in_the_hydra_dir(tmp_path, glue_dir) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "outputs/runs/cola/roberta_tiny/last_k/seed=0"
+    # the default run dir names task, model, pruner, seed and a hash of the config
+    (found,) = (tmp_path / "outputs/runs/cola/roberta_tiny").rglob("results.json")
+    run_dir = found.parent
+    assert "last_k" in str(run_dir) and "seed=0" in str(run_dir)
     res = results(run_dir)
     assert res["pruned_layers"] == [3]
     assert {"matthews", "accuracy"} <= set(res["metrics"]["final"])

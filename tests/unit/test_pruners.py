@@ -389,7 +389,9 @@ def test_yaml_entry_builds_its_pruner(name):
     cfg = OmegaConf.merge(
         {"seed": 0, "data": {"calibration_size": 256}}, {"pruner": OmegaConf.load(path)}
     )
-    pruner = instantiate(cfg.pruner)
+    entry = OmegaConf.to_container(cfg.pruner, resolve=True)
+    entry.pop("name", None)  # a display name, read by build_pruner (not a class argument)
+    pruner = instantiate(entry)
     assert type(pruner).__module__ == f"infodyn.pruners.{MODULE.get(name, name)}"
     assert isinstance(pruner, LayerPruner)
     if name != "none":
