@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from infodyn.errors import ConfigError
+from infodyn.io import remove_stale_temporaries
 
 log = logging.getLogger("infodyn")
 
@@ -35,12 +36,17 @@ class RunDirLockedError(ConfigError):
 class RunLock:
     """Context manager: hold `<run_dir>/.lock` exclusively (see module docstring).
 
-    Folders it had to create are removed again on exit when the job left them empty (a job
-    stopped by a bad input leaves nothing behind).
+    With `clean`, the holder then removes the temporaries a killed writer left in the run dir
+    (`io.remove_stale_temporaries`): with the lock held, none of them can be live. Folders it
+    had to create are removed again on exit when the job left them empty (a job stopped by a
+    bad input leaves nothing behind).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, command: str | None = None) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike, command: str | None = None, clean: bool = True
+    ) -> None:
         self.run_dir = Path(run_dir)
+        self.clean = clean
         self.path = self.run_dir / LOCK_NAME
         self.command = command if command is not None else shlex.join(sys.argv)
         self._fd: int | None = None
@@ -104,6 +110,8 @@ class RunLock:
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        if self.clean:  # only the holder may: another rank's temporaries may be live
+            remove_stale_temporaries(self.run_dir)
 
     def release(self) -> None:
         """Drop the lock and its file; remove the folders `acquire` created if still empty."""

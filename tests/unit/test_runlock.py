@@ -148,3 +148,32 @@ def test_a_run_dir_that_is_a_file_is_explained(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError) as info:
         RunLock(tmp_path / "run").acquire()
     assert "is a file" in explain(info.value)
+
+
+def test_the_holder_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "finetune").mkdir(parents=True)
+    stale = [
+        run_dir / ".model.tmp-1234",  # a kill during export (a folder)
+        run_dir / "checkpoints" / "finetune" / ".last.ckpt.tmp-99",  # mid-checkpoint
+        run_dir / ".results.json.tmp-7",
+    ]
+    stale[0].mkdir()
+    (stale[0] / "model.safetensors").write_bytes(b"half")
+    for p in stale[1:]:
+        p.write_bytes(b"half")
+    (run_dir / "checkpoints" / "finetune" / "last.ckpt").write_bytes(b"kept")
+    with RunLock(run_dir):
+        assert not any(p.exists() for p in stale)
+        assert (run_dir / "checkpoints" / "finetune" / "last.ckpt").is_file()
+
+
+def test_a_rank_that_does_not_hold_the_lock_removes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = tmp_path / "run" / ".last.ckpt.tmp-1"  # rank 0 may be writing it right now
+    live.parent.mkdir()
+    live.write_bytes(b"being written")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with RunLock(tmp_path / "run"):
+        assert live.exists()
