@@ -68,7 +68,10 @@ def cli_exit(
             file=stream,
         )
         return EXIT_INTERRUPTED
-    text = explain(err)
+    try:
+        text = explain(err)
+    except Exception:  # noqa: BLE001 - explaining must never hide the error it explains
+        text = None
     _traceback_to_log_files(err, text or "unexpected error")
     if text is None:
         where = f"the full log is {log_path}" if log_path else "there is no log file"

@@ -324,3 +324,14 @@ def test_cli_exit_given_log_path_and_interrupt() -> None:
     assert cli_exit(KeyboardInterrupt(), stream=out) == errors.EXIT_INTERRUPTED
     assert "resumes" in out.getvalue()
     assert cli_exit(SystemExit(0), stream=out) is None
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+def test_cli_exit_never_hides_the_error_it_explains() -> None:
+    out = io.StringIO()
+    assert cli_exit(raised(_raise(_Unprintable())), "/x.log", stream=out) is None
+    assert "_Unprintable" in out.getvalue()
