@@ -52,6 +52,8 @@ def bind(path: str, spec: dict) -> None:
     module, _, name = spec["_target_"].rpartition(".")
     obj = getattr(importlib.import_module(module), name)
     kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
+    if path.startswith("pruner"):
+        kwargs.pop("name", None)  # a pruner's display name: build_pruner reads it, not the class
     try:
         inspect.signature(obj).bind(**kwargs)
     except TypeError as err:
