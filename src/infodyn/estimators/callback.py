@@ -77,10 +77,6 @@ class LayerDynamicsCallback(pl.Callback):
         return self.tracker.stage
 
     @property
-    def history(self) -> dict[str, Any]:
-        return self.tracker.history
-
-    @property
     def reference_committed(self) -> dict[str, bool]:
         return self.tracker.reference_committed
 

@@ -5,24 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from infodyn.pruners.base import ScoringContext, nan_scores
+from infodyn.pruners.base import PrunerArgs, nan_scores
 
 
-class NoPruner:
-    """Selects no block; `k`, `fraction` and `protect` are accepted and ignored."""
+class NoPruner(PrunerArgs):
+    """Selects no block; `k`, `fraction` and `protect` are accepted and ignored.
+
+    The training hooks, the signature and `score` are `PrunerArgs`' no-ops; only what differs
+    from a pruner that removes blocks is written here.
+    """
 
     def __init__(
         self, k: int | None = None, fraction: float | None = None, protect: Iterable[int] = ()
     ) -> None:
         self.k, self.fraction, self.protect = None, None, ()
-
-    def needs_estimator(self) -> str | None:
-        return None
-
-    def needs_profile(self) -> bool:
-        return False
 
     def num_to_remove(self, num_layers: int) -> int:
         """Always 0."""
@@ -30,18 +28,6 @@ class NoPruner:
 
     def check(self, num_layers: int, estimators: Mapping[str, Any]) -> None:
         return None
-
-    def training_signature(self) -> dict[str, Any]:
-        return {}
-
-    def prepare_training(self, model: nn.Module, seed: int) -> None:
-        return None
-
-    def finish_training(self, model: nn.Module) -> None:
-        return None
-
-    def score(self, ctx: ScoringContext) -> Tensor:
-        return nan_scores(ctx.num_layers)
 
     def prunability(self, scores: Tensor) -> Tensor:
         return nan_scores(len(scores))
