@@ -34,9 +34,10 @@ FILES = ("stages/finetune.json", "checkpoints/finetune/last.ckpt")
 class SharedFinetune:
     """The cache entry of one key: `fetch` into a run dir, `publish` from it, under a lock."""
 
-    def __init__(self, root: str | Path, key: str) -> None:
+    def __init__(self, root: str | Path, key: str, files: tuple[str, ...] = FILES) -> None:
         self.dir = Path(root) / key
         self.key = key
+        self.files = files
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -50,25 +51,25 @@ class SharedFinetune:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def complete(self) -> bool:
-        return all((self.dir / name).is_file() for name in FILES)
+        return all((self.dir / name).is_file() for name in self.files)
 
     def fetch(self, run_dir: Path) -> bool:
         """Copy a published stage into `run_dir` (unless it has its own); True if it did."""
-        if not self.complete() or all((run_dir / n).is_file() for n in FILES):
+        if not self.complete() or all((run_dir / n).is_file() for n in self.files):
             return False
-        for name in FILES:
+        for name in self.files:
             atomic_copy(self.dir / name, run_dir / name)
-        log.info("finetune stage shared from %s", self.dir)
+        log.info("%s shared from %s", " + ".join(self.files), self.dir)
         return True
 
     def publish(self, run_dir: Path) -> None:
         """Publish `run_dir`'s finished stage (temp dir + rename: never half an entry)."""
-        if self.complete() or not all((run_dir / n).is_file() for n in FILES):
+        if self.complete() or not all((run_dir / n).is_file() for n in self.files):
             return
         from infodyn.io import atomic_dir
 
         with atomic_dir(self.dir) as tmp:
-            for name in FILES:
+            for name in self.files:
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(run_dir / name, tmp / name)
 
@@ -78,5 +79,16 @@ def for_job(cfg: DictConfig, key: str) -> SharedFinetune | None:
     is no training to share (`stages.finetune_epochs=0`)."""
     if not cfg.run.get("share_finetune", False) or int(cfg.stages.finetune_epochs) == 0:
         return None
-    root = cfg.paths.get("finetune_cache") or os.path.join(cfg.paths.output_root, "finetune_cache")
-    return SharedFinetune(root, key)
+    return SharedFinetune(_root(cfg), key)
+
+
+def for_oracle(cfg: DictConfig, key: str) -> SharedFinetune | None:
+    """The oracle analysis's cache entry: every criterion of a (task, seed) judges its choice
+    against the same subsets of the same fine-tuned model, so they are evaluated once."""
+    if not cfg.run.get("share_finetune", False) or not cfg.stages.get("oracle", False):
+        return None
+    return SharedFinetune(_root(cfg), f"oracle-{key}", files=("stages/oracle.json",))
+
+
+def _root(cfg: DictConfig) -> str:
+    return cfg.paths.get("finetune_cache") or os.path.join(cfg.paths.output_root, "finetune_cache")

@@ -30,7 +30,7 @@ from infodyn.loggers import close_loggers, log_run_summary, summary_table
 from infodyn.models import find_hf_model
 from infodyn.results import RunResult
 from infodyn.reuse import check_reuse, config_hash, flat_config
-from infodyn.stages import Finetune, Job, check_stored, run_stages, stages_for
+from infodyn.stages import Finetune, Job, OracleAnalysis, check_stored, run_stages, stages_for
 from infodyn.validation import check_output_dir, preflight, validate
 
 log = logging.getLogger("infodyn")
@@ -119,7 +119,10 @@ def _run(cfg: DictConfig) -> float | None:
 
     from infodyn import finetune_cache
 
-    shared = finetune_cache.for_job(cfg, config_hash(Finetune().config(job)))
+    shared = {
+        "finetune": finetune_cache.for_job(cfg, config_hash(Finetune().config(job))),
+        "oracle": finetune_cache.for_oracle(cfg, config_hash(OracleAnalysis().config(job))),
+    }
     # Only now does the job write anything: a failed check leaves no outputs behind.
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)

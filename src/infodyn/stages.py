@@ -167,6 +167,13 @@ class OracleAnalysis(Stage):
 
     name = "oracle"
 
+    def config(self, job: Job) -> dict[str, Any]:
+        # the subsets depend on the fine-tuned weights (a pruner's training hook included), k
+        # and the protected blocks; no other pruner key: criteria of one (task, seed) share it
+        signature = {f"pruner.training.{k}": v for k, v in job.pruner.training_signature().items()}
+        protect = sorted(int(b) for b in job.pruner.protect or [])
+        return {**super().config(job), **signature, "oracle.k": job.k, "oracle.protect": protect}
+
     def load(self, job: Job, record: dict[str, Any]) -> None:
         job.result.oracle = Oracle.from_dict(record["oracle"])
 
@@ -338,13 +345,14 @@ def check_stored(job: Job, stages: list[Stage]) -> None:
         stage.stored(job)
 
 
-def run_stages(job: Job, shared: Any = None) -> RunResult:
-    """Run (or reuse) every stage in order; the fine-tune under the shared cache's lock."""
+def run_stages(job: Job, shared: dict[str, Any] | None = None) -> RunResult:
+    """Run (or reuse) every stage in order; a stage in `shared` (name -> cache entry) under
+    its entry's lock, fetched from it and published to it."""
     hf = job.hf()
     job.result.num_layers_before = num_blocks(hf)
     job.result.num_parameters_before = count_parameters(hf)
     for stage in stages_for(job):
-        sharing = shared if isinstance(stage, Finetune) else None
+        sharing = (shared or {}).get(stage.name)
         with sharing.locked() if sharing else contextlib.nullcontext():
             if sharing:
                 sharing.fetch(job.run_dir)

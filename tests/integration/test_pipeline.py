@@ -229,6 +229,39 @@ def test_criteria_share_one_finetune_stage(tiny_cfg, tmp_path, monkeypatch) -> N
     assert key("pruner=none") == key("pruner=slimllm") == key("pruner=redundancy", "pruner.k=2")
 
 
+def test_criteria_share_one_oracle_analysis(tiny_cfg, tmp_path, monkeypatch) -> None:
+    import infodyn.oracle as oracle
+
+    common = [
+        "task=mrpc",
+        "stages.oracle=true",
+        "run.share_finetune=true",
+        f"paths.finetune_cache={tmp_path / 'ft'}",
+    ]
+    run(tiny_cfg(*common, "pruner=last_k", "pruner.k=1", f"run_dir={tmp_path / 'last'}"))
+    real = oracle.evaluate_subsets
+
+    def no_second_oracle(*args, **kwargs):
+        raise AssertionError("the shared oracle analysis was evaluated again")
+
+    monkeypatch.setattr(oracle, "evaluate_subsets", no_second_oracle)
+    run(tiny_cfg(*common, "pruner=redundancy", "pruner.k=1", f"run_dir={tmp_path / 'red'}"))
+    last, red = results(tmp_path / "last"), results(tmp_path / "red")
+    assert red["oracle"] == last["oracle"] and len(red["oracle"]["subsets"]) == 4
+
+    # another k (or LayerDrop's training) is another ground truth: evaluated, never shared
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("k", args[2] if len(args) > 2 else None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(oracle, "evaluate_subsets", counted)
+    run(tiny_cfg(*common, "pruner=last_k", "pruner.k=2", f"run_dir={tmp_path / 'k2'}"))
+    assert calls == [2]
+    assert len(results(tmp_path / "k2")["oracle"]["subsets"]) == 6
+
+
 def test_progress_bar_on_a_terminal(tiny_cfg) -> None:
     # enable_progress_bar=true is what a TTY selects; the bar shows stage and epoch
     cfg = tiny_cfg("task=sst2", "pruner=last_k", "pruner.k=1", "trainer.enable_progress_bar=true")
