@@ -137,3 +137,22 @@ def test_killed_sweep_rerun_finishes_only_the_missing_jobs(tmp_path, glue_dir) -
     assert len(res) == 3 and all(r["status"] == "complete" for r in res.values())
     for key, stamp in done.items():  # finished jobs were skipped, not redone
         assert (sweep_dir / key / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_cpu_scale_sizes_each_task_and_a_plain_run_keeps_the_paper_sizes() -> None:
+    from conftest import compose_config
+
+    table = {t: compose_config(["sweep=cpu_table1", f"task={t}"]) for t in ("sst2", "mrpc")}
+    assert table["sst2"].data.train_limit == 2000 and table["sst2"].data.max_seq_length == 64
+    assert table["mrpc"].data.train_limit is None and table["mrpc"].stages.finetune_epochs == 3
+    assert table["sst2"].stages.oracle and table["sst2"].pruner.k == 2
+    # the command line still wins over a task's CPU size
+    assert (
+        compose_config(["sweep=cpu_table1", "task=sst2", "data.train_limit=16"]).data.train_limit
+        == 16
+    )
+    plain = compose_config(["task=sst2", "model=minilm_l6"])
+    assert plain.data.train_limit is None and plain.stages.finetune_epochs == 6
+    # a model without a CPU-size file composes at the sweep's own settings
+    tiny = compose_config(["sweep=cpu_table1", "task=sst2", "model=roberta_tiny"])
+    assert tiny.data.train_limit is None and tiny.data.max_seq_length == 128
