@@ -5,6 +5,9 @@ Reuse: removing blocks never changes what the blocks *before* the first removed 
 One forward of the full model caches the input of every block per batch; a subset whose first
 removed block is j then runs only the kept blocks after j, starting from block j's cached input
 (the model's block list is swapped, for the evaluation, for [the cached input] + those blocks).
+The same holds one level down: the forward of single removal {i} caches the block inputs of the
+model without i, so a subset {i, j, ...} starts at block j's input there. Subsets are evaluated
+grouped by their first block, so one such extra cache is alive at a time.
 The evaluation function itself is the task's own (`ScoringContext.evaluate`), so the metric and
 loss are exactly what a model built with those blocks removed would give.
 """
@@ -50,15 +53,20 @@ def oracle_cost(
     protect: Iterable[int] = (),
     beam: int | None = None,
 ) -> int:
-    """Estimated example x block forwards of `evaluate_subsets` (embeddings and head not
-    counted): one full pass, every single removal, then the k-subsets (all, or a beam's)."""
+    """Example x block forwards of `evaluate_subsets` (embeddings and head not counted): one
+    full pass, every single removal, then the k-subsets (all, or a beam's estimate)."""
     L = num_layers
     keep = check_protect(protect, L)
     blocks = L + sum(L - j - 1 for j in range(L))  # the cached full pass + the single removals
     if k > 1 and beam is None:
         free_after = [sum(1 for i in range(j + 1, L) if i not in keep) for j in range(L)]
+        # {i, j, ...} runs the blocks after its second one, minus the k - 2 others removed there
         blocks += sum(
-            math.comb(free_after[j], k - 1) * (L - j - k) for j in range(L) if j not in keep
+            math.comb(free_after[j], k - 2) * (L - j - 1 - (k - 2))
+            for i in range(L)
+            if i not in keep
+            for j in range(i + 1, L)
+            if j not in keep
         )
     elif k > 1:
         blocks += sum(int(beam) * L * (L - t) for t in range(2, k + 1))
@@ -123,13 +131,16 @@ class _CachedInput(nn.Module):
     """Stands in for the blocks before (and including) the first removed one: returns, for the
     batch being evaluated, the cached input of the block after them."""
 
-    def __init__(self, evaluator: SubsetEvaluator, block: int) -> None:
+    def __init__(
+        self, evaluator: SubsetEvaluator, block: int, prefix: tuple[int, ...] = ()
+    ) -> None:
         super().__init__()
         self._ev = evaluator  # plain attribute: neither a submodule nor state
         self._block = block
+        self._prefix = prefix  # the removed blocks of the cached model the state comes from
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        state = self._ev.cached_input(hidden_states, self._block)
+        state = self._ev.cached_input(hidden_states, self._block, self._prefix)
         return (state,) if self._ev.tuple_output else state  # MPNet's blocks return tuples
 
 
@@ -148,7 +159,10 @@ class SubsetEvaluator:
         self.num_layers = len(self.blocks)
         self.tuple_output = False
         self._inputs: list[list[Tensor]] = []  # per forward: the input of every block
+        # removed blocks -> per forward: {block: its input in the model without them}
+        self._kept: dict[tuple[int, ...], list[dict[int, Tensor]]] = {}
         self._next = 0
+        self._current = 0  # the forward being evaluated (found from its embedding output)
         self._unpruned: dict[str, float] | None = None
         self._was_training = model.training
 
@@ -158,7 +172,7 @@ class SubsetEvaluator:
 
     def __exit__(self, *exc: Any) -> None:
         setattr(self.parent, self.attr, self.blocks)
-        self._inputs = []
+        self._inputs, self._kept = [], {}
         self.model.train(self._was_training)
 
     def unpruned(self) -> dict[str, float]:
@@ -167,30 +181,64 @@ class SubsetEvaluator:
             self._unpruned = self._fill_cache()
         return self._unpruned
 
-    def __call__(self, layers: Iterable[int]) -> dict[str, float]:
-        """`evaluate_fn` with blocks `layers` (0-based, of the full model) removed."""
+    def __call__(self, layers: Iterable[int], keep_states: bool = False) -> dict[str, float]:
+        """`evaluate_fn` with blocks `layers` (0-based, of the full model) removed.
+
+        Starts from the longest cached prefix of `layers`; `keep_states=True` caches this
+        model's block inputs for the subsets that extend `layers` (`forget` frees them).
+        """
         drop = sorted({int(i) for i in layers})
         if not drop or drop[0] < 0 or drop[-1] >= self.num_layers or len(drop) >= self.num_layers:
             raise ValueError(f"cannot remove blocks {drop} of {self.num_layers}")
         self.unpruned()
-        first, gone = drop[0], set(drop)
-        kept = [self.blocks[i] for i in range(first + 1, self.num_layers) if i not in gone]
-        # block 0 removed: the kept blocks run from the embeddings, nothing to reuse
-        head = [_CachedInput(self, first)] if first > 0 else []
+        cut = max(r for r in range(len(drop)) if r == 0 or tuple(drop[:r]) in self._kept)
+        prefix, start, gone = tuple(drop[:cut]), drop[cut], set(drop)
+        kept = [self.blocks[i] for i in range(start + 1, self.num_layers) if i not in gone]
+        # start 0: its cached input is the embedding output itself; the head finds the forward
+        head = [_CachedInput(self, start, prefix)]
+        handles = []
+        if keep_states:
+            states: list[dict[int, Tensor]] = [{} for _ in self._inputs]
+            self._kept[tuple(drop)] = states
+            for i in range(start + 1, self.num_layers):
+                if i not in gone:
+                    handles.append(
+                        self.blocks[i].register_forward_pre_hook(
+                            self._recorder(states, i), with_kwargs=True
+                        )
+                    )
         setattr(self.parent, self.attr, nn.ModuleList(head + kept))
         try:
-            return _as_result(self.evaluate_fn(self.model, self.batches))
+            with torch.no_grad():
+                return _as_result(self.evaluate_fn(self.model, self.batches))
         finally:
+            for h in handles:
+                h.remove()
             setattr(self.parent, self.attr, self.blocks)
 
-    def cached_input(self, embedded: Tensor, block: int) -> Tensor:
-        """Block `block`'s cached input for the forward whose embedding output is `embedded`."""
+    def forget(self, layers: Iterable[int]) -> None:
+        """Free the states `keep_states=True` cached for `layers`."""
+        self._kept.pop(tuple(sorted({int(i) for i in layers})), None)
+
+    def _recorder(self, states: list[dict[int, Tensor]], block: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            states[self._current][block] = hidden.detach()
+
+        return hook
+
+    def cached_input(self, embedded: Tensor, block: int, prefix: tuple[int, ...] = ()) -> Tensor:
+        """Block `block`'s cached input, in the model without blocks `prefix`, for the forward
+        whose embedding output is `embedded`."""
         order = [self._next] + list(range(len(self._inputs)))
         for idx in order:
             states = self._inputs[idx % len(self._inputs)]
             ref = states[0]
             if ref.shape == embedded.shape and torch.equal(ref, embedded.to(ref.device)):
-                self._next = (idx + 1) % len(self._inputs)
+                self._current = idx % len(self._inputs)
+                self._next = (self._current + 1) % len(self._inputs)
+                if prefix:
+                    return self._kept[prefix][self._current][block].to(embedded.device)
                 return states[block].to(embedded.device)
         raise OracleError(
             "a forward during the oracle's evaluation matches no cached batch. Fix: the "
@@ -322,12 +370,18 @@ def evaluate_subsets(
     free = [b for b in range(num_layers) if b not in keep]
     with SubsetEvaluator(model, batches, evaluate_fn) as ev:
         unpruned = _subset([], ev.unpruned())
-        single = [_subset([b], ev([b])) for b in range(num_layers)]
+        exhaustive = k > 1 and beam is None
+        single, subsets = [], []
+        for b in range(num_layers):
+            extend = exhaustive and b not in keep  # subsets starting at b start from its states
+            single.append(_subset([b], ev([b], keep_states=extend)))
+            if extend:
+                rest = [i for i in free if i > b]
+                subsets += [_subset((b, *c), ev((b, *c))) for c in combinations(rest, k - 1)]
+                ev.forget([b])
         if k == 1:
             subsets = [s for s in single if s.layers[0] not in keep]
-        elif beam is None:
-            subsets = [_subset(c, ev(c)) for c in combinations(free, k)]
-        else:
+        elif beam is not None:
             subsets = _beam(ev, single, free, k, int(beam), objective)
     return Oracle(
         split=split,
