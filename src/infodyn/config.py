@@ -40,6 +40,7 @@ NOT_IN_IDENTITY = (
     "logger",
     "run.dry_run",
     "run.skip_if_complete",
+    "run.keep_checkpoints",
     "data.num_workers",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
@@ -145,6 +146,11 @@ class Run(_Section):
     throughput_batches: Count = 3
     throughput_seconds: float = Field(1.0, ge=0, description="a number of seconds >= 0")
     overwrite: bool = False
+    keep_checkpoints: list[Literal["finetune", "recover"]] = Field(
+        default_factory=list,
+        description="a list of training stages, e.g. [finetune, recover] (or [])",
+        examples=[["finetune"]],
+    )
 
 
 class Task(_Section):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from infodyn.builders import (
     build_datamodule,
@@ -22,6 +23,7 @@ from infodyn.builders import (
     build_pruner,
     estimator_configs,
 )
+from infodyn.checkpoints import release_finished_run
 from infodyn.errors import ConfigError, cli_exit
 from infodyn.io import atomic_write
 from infodyn.layers import num_blocks
@@ -146,6 +148,8 @@ def _locked_run(cfg: DictConfig, run_dir: Path, start: float) -> float | None:
         result.config_path = config_path.name
         result.config_hash = config_hash(flat_config(cfg))
         result.save(run_dir / "results.json")
+        if rank_zero_only.rank == 0:  # a finished run is skipped on rerun: its checkpoints go
+            release_finished_run(run_dir, keep=list(cfg.run.get("keep_checkpoints") or ()))
         status = "success"
         log_run_summary(job.loggers, result)
         log.info("run finished\n%s", summary_table(result, run_dir))

@@ -21,7 +21,13 @@ from infodyn.estimators.callback import feed_estimators
 from infodyn.estimators.cosine import CosineRedundancy
 from infodyn.estimators.knowledge_entropy import KnowledgeEntropy
 
-RUN = ("task=mrpc", "pruner=redundancy", "pruner.k=2", "trainer.enable_progress_bar=false")
+RUN = (
+    "task=mrpc",
+    "pruner=redundancy",
+    "pruner.k=2",
+    "trainer.enable_progress_bar=false",
+    "run.keep_checkpoints=[finetune,recover]",  # a finished run keeps them (slim) to corrupt
+)
 TIMING = ("wall_time_s", "throughput")
 
 
@@ -89,6 +95,8 @@ def test_outputs_leave_no_temp_files(finished_run: tuple[Path, dict]) -> None:
     assert leftovers == []
     for stage in ("finetune", "recover"):
         assert sorted(p.name for p in (run_dir / "checkpoints" / stage).iterdir()) == ["last.ckpt"]
+        kept = torch.load(run_dir / "checkpoints" / stage / "last.ckpt", weights_only=True)
+        assert checkpoints.is_slim(kept), f"{stage}: a finished stage kept its optimizer state"
 
 
 def test_atomic_write_json_keeps_old_file_on_failure(tmp_path: Path) -> None:
