@@ -270,7 +270,8 @@ def _unsafe_pickle(err: BaseException) -> str | None:
     )
 
 
-def _model_dir_problems(path: str) -> list[str]:
+def model_dir_problems(path: str) -> list[str]:
+    """What keeps the folder at `path` from loading as a model (empty: nothing known)."""
     p = Path(path).expanduser()
     if not p.is_dir():
         return []
@@ -304,16 +305,34 @@ def _model_folder(err: BaseException) -> str | None:
         isinstance(err, ValueError) and any(m in str(err) for m in MODEL_FILE_MESSAGES)
     ):
         return None  # another error here (a wrong argument) is a bug
-    problems = _model_dir_problems(model)
+    problems = model_dir_problems(model)
     if type(err).__name__ == "SafetensorError":
         problems.append(f"its safetensors file is truncated or corrupt ({_short(err)})")
     elif not problems or "JSON" in str(err):
         problems.append(_short(err))
+    return unusable_model(model, problems)
+
+
+def unusable_model(path: str, problems: list[str]) -> str:
+    """The paragraph for a model folder that cannot be loaded (`problems`: what is wrong)."""
     return (
-        f"model.name_or_path='{model}' is not a usable model: {'; '.join(problems)}. Fix: point "
+        f"model.name_or_path='{path}' is not a usable model: {'; '.join(problems)}. Fix: point "
         "model.name_or_path at a folder written by save_pretrained (config.json, "
         "model.safetensors and the tokenizer files) or at a hub id, or pick a model that works "
         "offline (model=minilm_l6, model=roberta_tiny)."
+    )
+
+
+def _peft_targets(err: BaseException) -> str | None:
+    """LoRA's `target_modules` name no module of the model (peft finds out when wrapping it)."""
+    if type(err).__name__ != "NoMatchingPeftModuleError" and not (
+        isinstance(err, ValueError) and "Target modules" in str(err) and _in_package(err, "peft")
+    ):
+        return None
+    return (
+        f"finetune.target_modules names no module of this model ({_short(err, 200)}). Fix: "
+        "finetune.target_modules=null (the defaults for the architecture), or names of the "
+        "model's linear layers such as [query,value] (BERT/RoBERTa) or [q_proj,v_proj] (Llama)."
     )
 
 
@@ -558,6 +577,7 @@ def _datasets_hub(err: BaseException) -> str | None:
 
 RULES: tuple[Callable[[BaseException], str | None], ...] = (
     _model_folder,
+    _peft_targets,
     _lightning,
     _memory,
     _datasets_hub,

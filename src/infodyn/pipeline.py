@@ -92,7 +92,7 @@ def _locked_run(cfg: DictConfig, run_dir: Path, start: float) -> float | None:
 
     validate(cfg)
     name, pruner = build_pruner(cfg)
-    estimators = build_estimators(cfg, pruner.needs_estimator())
+    estimators = build_estimators(_with_pruner_estimator(cfg), pruner.needs_estimator())
     from infodyn.models import build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model)
@@ -156,6 +156,19 @@ def _locked_run(cfg: DictConfig, run_dir: Path, start: float) -> float | None:
         return result.main_value()
     finally:
         close_loggers(job.loggers, status)
+
+
+def _with_pruner_estimator(cfg: DictConfig) -> DictConfig:
+    """A copy of `cfg` whose `estimator` holds the one the pruner names too (`estimator=none
+    pruner=redundancy`), loaded inside the job so that its `${seed}` resolves."""
+    from omegaconf import open_dict
+
+    from infodyn.validation import estimators_in_effect
+
+    job = cfg.copy()
+    with open_dict(job):
+        job.estimator = estimators_in_effect(cfg)
+    return job
 
 
 def _finished(cfg: DictConfig, run_dir: Path) -> RunResult | None:

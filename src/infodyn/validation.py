@@ -78,9 +78,130 @@ def fsdp_needs_gpu(cfg: DictConfig) -> None:
         )
 
 
+def strategy_known(cfg: DictConfig) -> None:
+    """`trainer.strategy` is one Lightning knows (it would refuse it after the model is built)."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    name = cfg.trainer.get("strategy", "auto")
+    if isinstance(name, str) and name != "auto" and name not in StrategyRegistry:
+        raise ConfigError(
+            f"trainer.strategy={name!r} is not a Lightning strategy (e.g. auto, ddp, ddp_spawn, "
+            "fsdp, deepspeed; the full list is pytorch_lightning.strategies.StrategyRegistry). "
+            "Fix: trainer.strategy=auto, or trainer=ddp for several processes."
+        )
+
+
+def random_model_config_valid(cfg: DictConfig) -> None:
+    """A random model's `model.arch` and `model.config` make a model transformers can build."""
+    from transformers import CONFIG_MAPPING
+
+    model = cfg.model
+    if model.get("source") != "random":
+        return
+    if model.get("arch") not in CONFIG_MAPPING:
+        raise ConfigError(
+            f"model.arch={model.get('arch')!r} is not a transformers model type. Fix: "
+            "model.arch=roberta (or bert, gpt2, llama, mpnet), or pick model=roberta_tiny."
+        )
+    conf = model.get("config") or {}
+    width, heads = conf.get("hidden_size"), conf.get("num_attention_heads")
+    if isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads:
+        raise ConfigError(
+            f"model.config.hidden_size={width} is not a multiple of "
+            f"model.config.num_attention_heads={heads}: the attention heads split the width "
+            f"evenly. Fix: model.config.hidden_size={(width // heads + 1) * heads}, or "
+            "another head count."
+        )
+    for key in ("num_hidden_layers", "num_attention_heads"):
+        if key in conf and (not isinstance(conf[key], int) or conf[key] < 1):
+            raise ConfigError(
+                f"model.config.{key}={conf[key]} leaves the model nothing to build (it needs "
+                f"an integer >= 1). Fix: model.config.{key}=4."
+            )
+
+
+def hub_model_named(cfg: DictConfig) -> None:
+    """A model loaded from files or the hub names them (`model=local` has no default)."""
+    model = cfg.model
+    if model.get("source") == "hub" and not model.get("name_or_path"):
+        raise ConfigError(
+            f"model={model.name} loads a model from a folder or the hub but "
+            "model.name_or_path is not set. Fix: model.name_or_path=<folder written by "
+            "save_pretrained, or a hub id>, or pick a model that needs none (model=roberta_tiny)."
+        )
+
+
+def local_model_folder_usable(cfg: DictConfig) -> None:
+    """A model folder on disk has a readable config.json, whole safetensors and a tokenizer
+    (a pickle-only folder is refused: infodyn never unpickles a model)."""
+    from infodyn.errors import model_dir_problems, unusable_model
+
+    model = cfg.model
+    path = model.get("name_or_path")
+    if model.get("source") != "hub" or not path or not Path(str(path)).expanduser().is_dir():
+        return
+    folder = Path(str(path)).expanduser()
+    problems = model_dir_problems(str(folder))
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            problems.append(f"its config.json is not valid JSON ({' '.join(str(err).split())})")
+    problems += [_truncated(p) for p in sorted(folder.glob("*.safetensors")) if _truncated(p)]
+    if problems:
+        raise ConfigError(unusable_model(str(path), problems))
+
+
+def _truncated(path: Path) -> str:
+    """Why a safetensors file cannot be whole ('' if its header and sizes agree)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(length)) if 0 < length <= size - 8 else None
+    except (OSError, ValueError):
+        header = None
+    ends = [v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"]
+    if header is None or 8 + length + max(ends, default=0) > size:
+        return f"{path.name} is truncated or corrupt ({size} bytes)"
+    return ""
+
+
+def targets_take_their_keys(cfg: DictConfig) -> None:
+    """Every key of the pruner entry is an argument of its class (a typo is never dropped)."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(cfg.pruner._target_))
+    except Exception:  # noqa: BLE001 - the pruner builder names a bad _target_
+        return
+    params = _parameters(cls)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in cfg.pruner:
+        if not str(key).startswith("_") and key != "name" and key not in params:
+            takes = ", ".join(k for k in params if k != "self")
+            raise ConfigError(
+                f"pruner.{key}={OmegaConf.select(cfg, f'pruner.{key}')} is not an argument of "
+                f"{cls.__name__} (it takes: {takes or 'nothing'}). Fix: drop pruner.{key}, or "
+                "spell one of those."
+            )
+
+
 def pruner_estimator_exists(cfg: DictConfig) -> None:
     """The estimator a pruner's config names is selected or has a conf/estimator entry."""
-    _estimators_in_effect(cfg)
+    if "estimator" in cfg.pruner and cfg.pruner.estimator is None:
+        from hydra.utils import get_class
+
+        default = _parameters(get_class(str(cfg.pruner._target_))).get("estimator")
+        if default is not None and default.default is not None:
+            raise ConfigError(
+                "pruner.estimator=null but this pruner ranks the blocks by an estimator's "
+                f"scores. Fix: pruner.estimator={default.default} (or another conf/estimator "
+                "entry)."
+            )
+    estimators_in_effect(cfg)
 
 
 def pair_estimators_need_two_samples(cfg: DictConfig) -> None:
@@ -160,7 +281,12 @@ def task_labels_agree(cfg: DictConfig) -> None:
 
 RULES: list[Callable[[DictConfig], None]] = [
     accelerator_available,
+    strategy_known,
     fsdp_needs_gpu,
+    random_model_config_valid,
+    hub_model_named,
+    local_model_folder_usable,
+    targets_take_their_keys,
     pruner_estimator_exists,
     pair_estimators_need_two_samples,
     projection_fits_model_width,
@@ -169,7 +295,7 @@ RULES: list[Callable[[DictConfig], None]] = [
 ]
 
 
-def _estimators_in_effect(cfg: DictConfig) -> dict[str, DictConfig]:
+def estimators_in_effect(cfg: DictConfig) -> dict[str, DictConfig]:
     """`cfg.estimator` plus the one the pruner's config names (the pipeline adds it)."""
     out = dict(cfg.estimator.items())
     needed = cfg.pruner.get("estimator")
@@ -185,7 +311,7 @@ def _estimator_classes(cfg: DictConfig) -> list[tuple[str, DictConfig, type]]:
     from hydra.utils import get_class
 
     out = []
-    for name, entry in _estimators_in_effect(cfg).items():
+    for name, entry in estimators_in_effect(cfg).items():
         try:
             out.append((str(name), entry, get_class(str(entry._target_))))
         except Exception:  # noqa: BLE001 - the estimator builder names a bad _target_
@@ -413,5 +539,3 @@ def check_vocab(cfg: DictConfig, hf_model: Any, tokenizer: Any) -> None:
             "would crash the forward. Fix: set the model's vocab_size to at least "
             f"{len(tokenizer)}, or pair the model with its own tokenizer."
         )
-
-
