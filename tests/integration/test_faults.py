@@ -119,16 +119,30 @@ def test_corrupt_results_json_is_reported_and_the_job_finishes(
     assert stable(after) == stable(before)
 
 
-@pytest.mark.parametrize("stage", ["finetune", "score", "prune", "recover"])
+@pytest.mark.parametrize(
+    ("stage", "damage"),
+    [
+        ("finetune", "truncated"),
+        ("score", "truncated"),
+        ("prune", "truncated"),
+        ("recover", "truncated"),
+        ("finetune", "not an object"),
+    ],
+)
 def test_corrupt_stage_json_is_reported_and_redone(
     finished_run: tuple[Path, dict],
     tiny_cfg: Callable,
     caplog: pytest.LogCaptureFixture,
     stage: str,
+    damage: str,
 ) -> None:
     run_dir, before = finished_run
     (run_dir / "results.json").unlink()
-    _truncate(run_dir / "stages" / f"{stage}.json", keep=20)
+    record = run_dir / "stages" / f"{stage}.json"
+    if damage == "truncated":
+        _truncate(record, keep=20)
+    else:
+        record.write_text("[1, 2]")  # valid JSON, but no record
     with caplog.at_level(logging.WARNING, logger="infodyn"):
         after = _rerun(tiny_cfg)
     assert any(f"{stage}.json" in r.getMessage() for r in caplog.records)
