@@ -9,6 +9,7 @@ stderr holds one `error: ...` paragraph.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import HydraException
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from infodyn import pipeline
 from infodyn.data import DataConfigError
@@ -873,3 +874,33 @@ def test_hostile_input(
     assert "Fix" in text, text
     assert "weights_only=False" not in text
     assert _snapshot(ctx.run_dir) == before, "the run dir changed"
+
+
+def test_a_stale_run_dir_with_overwrite_proceeds(
+    tiny_cfg: Callable, tmp_path: Path, finished_template: Path
+) -> None:
+    """What the stale rows' message offers works: run.overwrite=true discards and reruns."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_template, run_dir)
+    pipeline.run(tiny_cfg(*MRPC, *FINISHED, "optim.weight_decay=0.1", "run.overwrite=true"))
+    made = OmegaConf.load(run_dir / "config_resolved.yaml")
+    assert made.optim.weight_decay == 0.1
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_truncated_tokenized_cache_is_rebuilt(
+    tiny_cfg: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    evaluate_only = (*MRPC, "stages.finetune_epochs=0", "pruner=none")
+    pipeline.run(tiny_cfg(*evaluate_only))
+    arrows = sorted((tmp_path / "cache").rglob("*.arrow"))
+    assert arrows, "no tokenized cache was written"
+    for arrow in arrows:
+        arrow.write_bytes(arrow.read_bytes()[:64])
+    with caplog.at_level(logging.WARNING):
+        pipeline.run(tiny_cfg(*evaluate_only, "run.overwrite=true"))
+    assert "rebuilding it" in caplog.text
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "complete"
+    assert all(a.stat().st_size > 64 for a in arrows)
