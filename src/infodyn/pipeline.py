@@ -28,12 +28,14 @@ from infodyn.errors import ConfigError, cli_exit
 from infodyn.io import atomic_write
 from infodyn.layers import num_blocks
 from infodyn.loggers import close_loggers, log_run_summary, summary_table
+from infodyn.model_checks import preflight
 from infodyn.models import find_hf_model
+from infodyn.output_paths import check_output_dir
 from infodyn.results import RunResult
 from infodyn.reuse import check_reuse, config_hash, flat_config
 from infodyn.runlock import RunLock
 from infodyn.stages import Finetune, Job, check_stored, run_stages, stages_for
-from infodyn.validation import check_output_dir, preflight, validate
+from infodyn.validation import validate
 
 log = logging.getLogger("infodyn")
 

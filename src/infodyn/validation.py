@@ -1,29 +1,32 @@
 """Input checks before any work: the schema, the conflicts the config decides, output paths.
 
-`validate(cfg)` runs the schema (`infodyn.config.check_schema`) and then every rule of `RULES`,
-each a named function that raises one `ConfigError` paragraph. `PreflightCallback` (registered
-in conf/hydra/default.yaml) runs the path checks and `validate` on every job of a run or a sweep
-before Hydra writes anything (`.hydra/`, a log, an output dir).
+`validate(cfg)` runs the schema (`infodyn.schema.check_schema`) and then every rule of `RULES`,
+each a named function that raises one `ConfigError` paragraph (the model entry's rules live in
+`model_checks` and `model_files`, the output paths' in `output_paths`). `PreflightCallback`
+(registered in conf/hydra/default.yaml) runs the path checks and `validate` on every job of a run
+or a sweep before Hydra writes anything (`.hydra/`, a log, an output dir).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import json
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infodyn.config import check_schema, load_option
+from infodyn.config import load_option
 from infodyn.errors import ConfigError
-
-# Values interpolated into the default run and sweep dirs.
-PATH_KEYS = ("seed", "task.name", "model.name", "sweep_name")
+from infodyn.model_checks import (
+    hub_model_named,
+    model_hf_config,
+    random_model_config_valid,
+    seq_length_fits_model,
+)
+from infodyn.model_files import local_model_folder_usable
+from infodyn.output_paths import check_dirs, refuse_climbing
+from infodyn.schema import check_schema
 
 
 def validate(cfg: DictConfig) -> None:
@@ -91,83 +94,6 @@ def strategy_known(cfg: DictConfig) -> None:
         )
 
 
-def random_model_config_valid(cfg: DictConfig) -> None:
-    """A random model's `model.arch` and `model.config` make a model transformers can build."""
-    from transformers import CONFIG_MAPPING
-
-    model = cfg.model
-    if model.get("source") != "random":
-        return
-    if model.get("arch") not in CONFIG_MAPPING:
-        raise ConfigError(
-            f"model.arch={model.get('arch')!r} is not a transformers model type. Fix: "
-            "model.arch=roberta (or bert, gpt2, llama, mpnet), or pick model=roberta_tiny."
-        )
-    conf = model.get("config") or {}
-    width, heads = conf.get("hidden_size"), conf.get("num_attention_heads")
-    if isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads:
-        raise ConfigError(
-            f"model.config.hidden_size={width} is not a multiple of "
-            f"model.config.num_attention_heads={heads}: the attention heads split the width "
-            f"evenly. Fix: model.config.hidden_size={(width // heads + 1) * heads}, or "
-            "another head count."
-        )
-    for key in ("num_hidden_layers", "num_attention_heads"):
-        if key in conf and (not isinstance(conf[key], int) or conf[key] < 1):
-            raise ConfigError(
-                f"model.config.{key}={conf[key]} leaves the model nothing to build (it needs "
-                f"an integer >= 1). Fix: model.config.{key}=4."
-            )
-
-
-def hub_model_named(cfg: DictConfig) -> None:
-    """A model loaded from files or the hub names them (`model=local` has no default)."""
-    model = cfg.model
-    if model.get("source") == "hub" and not model.get("name_or_path"):
-        raise ConfigError(
-            f"model={model.name} loads a model from a folder or the hub but "
-            "model.name_or_path is not set. Fix: model.name_or_path=<folder written by "
-            "save_pretrained, or a hub id>, or pick a model that needs none (model=roberta_tiny)."
-        )
-
-
-def local_model_folder_usable(cfg: DictConfig) -> None:
-    """A model folder on disk has a readable config.json, whole safetensors and a tokenizer
-    (a pickle-only folder is refused: infodyn never unpickles a model)."""
-    from infodyn.errors import model_dir_problems, unusable_model
-
-    model = cfg.model
-    path = model.get("name_or_path")
-    if model.get("source") != "hub" or not path or not Path(str(path)).expanduser().is_dir():
-        return
-    folder = Path(str(path)).expanduser()
-    problems = model_dir_problems(str(folder))
-    config = folder / "config.json"
-    if config.is_file():
-        try:
-            json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            problems.append(f"its config.json is not valid JSON ({' '.join(str(err).split())})")
-    problems += [_truncated(p) for p in sorted(folder.glob("*.safetensors")) if _truncated(p)]
-    if problems:
-        raise ConfigError(unusable_model(str(path), problems))
-
-
-def _truncated(path: Path) -> str:
-    """Why a safetensors file cannot be whole ('' if its header and sizes agree)."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            length = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(length)) if 0 < length <= size - 8 else None
-    except (OSError, ValueError):
-        header = None
-    ends = [v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"]
-    if header is None or 8 + length + max(ends, default=0) > size:
-        return f"{path.name} is truncated or corrupt ({size} bytes)"
-    return ""
-
-
 def targets_take_their_keys(cfg: DictConfig) -> None:
     """Every key of the pruner entry is an argument of its class (a typo is never dropped)."""
     from hydra.utils import get_class
@@ -221,7 +147,7 @@ def pair_estimators_need_two_samples(cfg: DictConfig) -> None:
 
 def projection_fits_model_width(cfg: DictConfig) -> None:
     """A projecting estimator (gaussian, exact) cannot project to more dims than the model has."""
-    width = _model_hf_config(cfg).get("hidden_size")
+    width = model_hf_config(cfg).get("hidden_size")
     if width is None:
         return
     for name, entry, cls in _estimator_classes(cfg):
@@ -238,23 +164,6 @@ def projection_fits_model_width(cfg: DictConfig) -> None:
                 f"model={cfg.model.name} is {width} wide (its config's hidden_size). Fix: "
                 f"estimator.{name}.{arg}={width} or less."
             )
-
-
-def seq_length_fits_model(cfg: DictConfig) -> None:
-    """`data.max_seq_length` within the model's position embeddings (from its config)."""
-    limit = _model_hf_config(cfg).get("max_positions")
-    if limit is not None:
-        check_seq_length(cfg, limit)
-
-
-def check_seq_length(cfg: DictConfig, limit: int) -> None:
-    """Refuse `data.max_seq_length` above `limit` tokens (the model's position embeddings)."""
-    if int(cfg.data.max_seq_length) > limit:
-        raise ConfigError(
-            f"data.max_seq_length={cfg.data.max_seq_length} exceeds the limit of "
-            f"model={cfg.model.name}, {limit} tokens (its position embeddings). Fix: "
-            f"data.max_seq_length={limit} or less."
-        )
 
 
 def task_labels_agree(cfg: DictConfig) -> None:
@@ -332,84 +241,6 @@ def _processes_sharing_a_batch(cfg: DictConfig, entry: DictConfig, params: Mappi
     return int(devices) if ddp and scope == "global" and isinstance(devices, int) else 1
 
 
-def _model_hf_config(cfg: DictConfig) -> dict[str, Any]:
-    """hidden_size and max_positions from the model's HF config (no weights, no network)."""
-    entry = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
-    return _hf_config_facts(entry)
-
-
-@functools.lru_cache(maxsize=32)
-def _hf_config_facts(entry_json: str) -> dict[str, Any]:
-    from transformers import AutoConfig
-
-    from infodyn.models import ModelConfigError, max_positions, resolve_model_path
-
-    entry = OmegaConf.create(json.loads(entry_json))
-    try:
-        if entry.source == "random":
-            config = AutoConfig.for_model(entry.arch, **(entry.get("config") or {}))
-        else:
-            path = resolve_model_path(entry)
-            config = AutoConfig.from_pretrained(
-                path, trust_remote_code=False, local_files_only=True
-            )
-    except (ModelConfigError, OSError, ValueError, KeyError, TypeError):
-        return {}  # not on disk yet or not loadable: the model builder says why, later
-    return {
-        "hidden_size": getattr(config, "hidden_size", None),
-        "max_positions": max_positions(SimpleNamespace(config=config)),
-    }
-
-
-# -- output paths ---------------------------------------------------------------------------
-
-
-def check_output_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse output paths that climb out of their root through `..` components."""
-    from hydra.core.hydra_config import HydraConfig
-
-    settings = {"run_dir": cfg.get("run_dir")}
-    if not cfg.get("run_dir") and HydraConfig.initialized():
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            settings["hydra.sweep.dir"] = hc.sweep.dir
-            settings["hydra.sweep.subdir"] = hc.sweep.subdir
-        else:
-            settings["hydra.run.dir"] = hc.run.dir
-    for key, value in settings.items():
-        if value is not None:
-            _refuse_climbing(key, str(value), cfg)
-
-
-def _refuse_climbing(key: str, value: str, cfg: DictConfig | None = None) -> None:
-    if ".." not in Path(value).parts:
-        return
-    culprits = [
-        f"{k}={OmegaConf.select(cfg, k)!r}"
-        for k in PATH_KEYS
-        if cfg is not None and ".." in str(OmegaConf.select(cfg, k, default=""))
-    ]
-    choice = _pruner_choice()
-    if choice and ".." in choice:
-        culprits.append(f"pruner={choice!r}")
-    via = f" (through {', '.join(culprits)})" if culprits else ""
-    raise ConfigError(
-        f"{key}={value!r} contains a '..' component{via}, so outputs could land outside the "
-        f"output directory. Fix: give {key} (and the config values it is built from) without "
-        "'..', e.g. an absolute path."
-    )
-
-
-def _pruner_choice() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return HydraConfig.get().runtime.choices.get("pruner")
-
-
 # -- the Hydra callback: everything above, before Hydra writes a file -----------------------
 
 try:
@@ -442,9 +273,9 @@ def _check_run(config: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(config)
-    _check_dirs(config, "hydra.run.dir")
+    check_dirs(config, "hydra.run.dir")
     if config.get("run_dir"):
-        _refuse_climbing("run_dir", str(config.run_dir), config)
+        refuse_climbing("run_dir", str(config.run_dir), config)
     validate(_job_part(config))
 
 
@@ -455,7 +286,7 @@ def _check_sweep(config: DictConfig) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     HydraConfig.instance().set_config(config)
-    _check_dirs(config, "hydra.sweep.dir")
+    check_dirs(config, "hydra.sweep.dir")
     sweeper = str(config.hydra.sweeper.get("_target_", ""))
     if not sweeper.endswith("BasicSweeper"):
         return  # other sweepers choose their jobs as they go: each job is checked by the pipeline
@@ -472,7 +303,7 @@ def _check_sweep(config: DictConfig) -> None:
             with open_dict(job):
                 job.hydra.job.id, job.hydra.job.num = f"check_{num}", num
             HydraConfig.instance().set_config(job)
-            _check_dirs(job, "hydra.sweep.dir", "hydra.sweep.subdir")
+            check_dirs(job, "hydra.sweep.dir", "hydra.sweep.subdir")
             try:
                 validate(_job_part(job))
             except ConfigError as err:
@@ -481,61 +312,9 @@ def _check_sweep(config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
 
 
-def _check_dirs(config: DictConfig, *keys: str) -> None:
-    """Each Hydra dir key: its template and its resolved value hold no '..' component."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    for key in keys:
-        raw = _unresolved(config, key)
-        if ".." in Path(raw).parts:
-            _refuse_climbing(key, raw, None)
-        try:
-            value = str(OmegaConf.select(config, key))
-        except OmegaConfBaseException as err:
-            raise ConfigError(
-                f"{key}={raw!r} cannot be resolved: {' '.join(str(err).split())}. Fix: "
-                f"correct {key} or the values it is built from."
-            ) from None
-        _refuse_climbing(key, value, config)
-
-
-def _unresolved(config: DictConfig, key: str) -> str:
-    node: Any = OmegaConf.to_container(config.hydra, resolve=False)
-    for part in key.split(".")[1:]:
-        node = node.get(part) if isinstance(node, dict) else None
-    return str(node)
-
-
 def _job_part(config: DictConfig) -> DictConfig:
     """The job config (what the task function gets): `hydra` removed, interpolations intact."""
     job = config.copy()
     with open_dict(job):
         job.pop("hydra", None)
     return job
-
-
-# -- after the model is built ---------------------------------------------------------------
-
-
-def preflight(cfg: DictConfig, module: Any, tokenizer: Any) -> None:
-    """Checks that need the built model: vocabulary and positions. (The pruner checks k and
-    protect itself: `LayerPruner.check`.)"""
-    from infodyn.models import find_hf_model, max_positions
-
-    hf_model = find_hf_model(module.model)
-    check_vocab(cfg, hf_model, tokenizer)
-    limit = max_positions(hf_model)
-    if limit is not None:
-        check_seq_length(cfg, limit)
-
-
-def check_vocab(cfg: DictConfig, hf_model: Any, tokenizer: Any) -> None:
-    """Every tokenizer id has a row in the model's embedding table."""
-    vocab = int(hf_model.get_input_embeddings().num_embeddings)
-    if len(tokenizer) > vocab:
-        raise ConfigError(
-            f"the tokenizer of model={cfg.model.name} has {len(tokenizer)} ids but the model's "
-            f"embedding table has {vocab} rows (model.config.vocab_size), so ids >= {vocab} "
-            "would crash the forward. Fix: set the model's vocab_size to at least "
-            f"{len(tokenizer)}, or pair the model with its own tokenizer."
-        )

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from infodyn import runlock
-from infodyn.errors import ConfigError, explain, user_errors
+from infodyn.errors import ConfigError, user_errors
+from infodyn.explain import explain
 from infodyn.runlock import RunDirLockedError, RunLock
 
 HOLD = (
