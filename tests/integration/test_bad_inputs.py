@@ -904,3 +904,14 @@ def test_a_truncated_tokenized_cache_is_rebuilt(
     assert "rebuilding it" in caplog.text
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "complete"
     assert all(a.stat().st_size > 64 for a in arrows)
+
+
+def test_estimator_none_with_a_pruner_that_needs_one_runs(tiny_cfg: Callable, tmp_path: Path):
+    """Not a conflict: the pipeline adds the estimator the pruner names (its `${seed}` resolved
+    in the job; loaded alone it pointed at itself)."""
+    cfg = tiny_cfg(*MRPC, "estimator=none", "pruner=redundancy", "pruner.k=1",
+                   "stages.finetune_epochs=1", "stages.recover_epochs=0")  # fmt: skip
+    pipeline.run(cfg)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "complete" and len(res["pruned_layers"]) == 1
+    assert "cosine" in res["profiles"]["finetune"]
