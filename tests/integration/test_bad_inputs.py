@@ -2,7 +2,7 @@
 
 Most cases run `pipeline.run(cfg)` in-process and check the exception (or, in the hostile-input
 table, what `errors.cli_exit` prints and returns); the CLI cases run the Hydra entry point
-in-process (`cli`) and one runs `python -m infodyn` itself, to check the exit code and that
+in-process (`cli`; test_faults runs `python -m infodyn` itself), to check the exit code and that
 stderr holds one `error: ...` paragraph.
 """
 
@@ -367,12 +367,13 @@ def test_cli_second_run_on_a_held_run_dir_stops_naming_the_first(
     assert not (tmp_path / "run").exists()  # the first one's lock went with it; nothing else
 
 
-def test_cli_bad_data_file_exits_2(tmp_path: Path, glue_dir: Path) -> None:
+def test_cli_bad_data_file_exits_2(tmp_path: Path, glue_dir: Path, cli: Callable) -> None:
+    # (test_faults' NaN test runs `python -m infodyn` itself: its exit 3 comes from this path)
     binary_garbage(glue_dir)
-    proc = _cli([f"run_dir={tmp_path / 'run'}"], tmp_path, glue_dir)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "error:" in proc.stderr and "train.tsv" in proc.stderr
+    code, err = cli(f"run_dir={tmp_path / 'run'}")
+    assert code == 2
+    assert "Traceback" not in err
+    assert "error:" in err and "train.tsv" in err
 
 
 def test_cli_unknown_sweep_names_it(tmp_path: Path, glue_dir: Path) -> None:
