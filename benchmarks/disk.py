@@ -5,10 +5,11 @@ logger=none, redundancy pruning of `--k` blocks with recovery) into a fresh run 
 the run dir's size over its exported model's size (target <= 2) and the per-file breakdown.
 With `--run-dir` it measures an existing run instead (nothing is run or changed).
 
-`--slim` applies `checkpoints.slim_checkpoint` to every stage checkpoint and measures again
-(what a run keeps with `run.keep_checkpoints=true`); `--release` then applies
-`checkpoints.release_finished_run` and measures again (what a finished run keeps once the
-pipeline calls it). Both change that run dir.
+The pipeline itself slims each finished training stage and, once results.json is complete,
+applies `checkpoints.release_finished_run` (keeping the stages named in `run.keep_checkpoints`,
+slim). For a run dir written before that, `--slim` applies `checkpoints.slim_checkpoint` to every
+stage checkpoint and measures again (what `run.keep_checkpoints=[finetune,recover]` keeps);
+`--release` then applies `release_finished_run` and measures again. Both change that run dir.
 
 Run: GLUE_DIR=../shared/data/glue .venv/bin/python benchmarks/disk.py [--model minilm_l6]
      .venv/bin/python benchmarks/disk.py --run-dir outputs/runs/mrpc/minilm_l6/redundancy/seed=0
@@ -120,7 +121,7 @@ def main() -> None:
         run_dir = Path(tempfile.mkdtemp(prefix="infodyn-disk-")) / "run"
         run_cli(run_dir, args)
     report(run_dir, "as the run left it", args.top)
-    if args.slim:  # what run.keep_checkpoints=true keeps: finished stages without optimizer
+    if args.slim:  # what run.keep_checkpoints=[...] keeps: finished stages without optimizer
         from infodyn.checkpoints import slim_checkpoint
 
         for ckpt in sorted(run_dir.glob("checkpoints/*/last.ckpt")):

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from infodyn.io import atomic_dir
+from infodyn.killpoints import kill_point
 from infodyn.models import find_hf_model, merged_copy
 
 
@@ -52,6 +53,7 @@ def export_model(
         _set_labels(config, [str(x) for x in labels])
     with atomic_dir(out_dir) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
+        kill_point("export")  # the kill/resume tests: the weights written, the folder not renamed
         config.save_pretrained(tmp)  # the labelled copy replaces the model's own config.json
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

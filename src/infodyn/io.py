@@ -105,16 +105,21 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> dict | None:
-    """A JSON file, or None if absent. A corrupt file is reported by name and treated as absent."""
+    """A JSON object, or None if absent. A corrupt file (or one holding another JSON value) is
+    reported by name and treated as absent."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            data = json.load(fh)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         log.warning("%s is corrupt or truncated (%s); it is ignored.", path, err)
         return None
+    if not isinstance(data, dict):  # every record infodyn writes is an object
+        log.warning("%s holds a JSON %s, not a record; it is ignored.", path, type(data).__name__)
+        return None
+    return data
 
 
 def finite(value: Any) -> Any:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from infodyn.builders import (
     build_datamodule,
@@ -23,15 +23,19 @@ from infodyn.builders import (
     build_pruner,
     estimator_configs,
 )
-from infodyn.errors import ConfigError, TrainingDivergedError, user_errors
-from infodyn.io import remove_stale_temporaries
+from infodyn.checkpoints import release_finished_run
+from infodyn.errors import ConfigError, cli_exit
+from infodyn.io import atomic_write
 from infodyn.layers import num_blocks
 from infodyn.loggers import close_loggers, log_run_summary, summary_table
+from infodyn.model_checks import preflight
 from infodyn.models import find_hf_model
+from infodyn.output_paths import check_output_dir
 from infodyn.results import RunResult
 from infodyn.reuse import check_reuse, config_hash, flat_config
+from infodyn.runlock import RunLock
 from infodyn.stages import Finetune, Job, OracleAnalysis, check_stored, run_stages, stages_for
-from infodyn.validation import check_output_dir, preflight, validate
+from infodyn.validation import validate
 
 log = logging.getLogger("infodyn")
 
@@ -43,16 +47,19 @@ def run(cfg: DictConfig) -> float | None:
     """Run one job; returns the main metric of the last stage (what a sweeper optimises).
 
     Bad inputs raise before any training (`user_errors()`); a NaN/inf loss raises
-    `TrainingDivergedError`. Under `python -m infodyn` (a single run) either is printed as one
-    `error: ...` paragraph on stderr and the process exits with 2 (input) or 3 (diverged).
+    `TrainingDivergedError`. Under `python -m infodyn` (a single run) every failure goes through
+    `errors.cli_exit`: a known one is one `error: ...` paragraph and exit 2 (input) or 3
+    (diverged), Ctrl-C exits 130, an unknown one keeps its traceback and names the log.
     """
+    if not _single_cli_run():
+        return _run(cfg)  # the API and a multirun: the caller (Hydra, per job) reports
     try:
         return _run(cfg)
-    except (*user_errors(), TrainingDivergedError) as err:
-        if not _single_cli_run():
+    except BaseException as err:
+        code = cli_exit(err)
+        if code is None:
             raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        raise SystemExit(3 if isinstance(err, TrainingDivergedError) else 2) from err
+        raise SystemExit(code) from None
 
 
 def _single_cli_run() -> bool:
@@ -74,6 +81,12 @@ def _run(cfg: DictConfig) -> float | None:
         raise ConfigError(
             f"the run dir {run_dir} is a file. Fix: run_dir=<a folder path>, or move the file."
         )
+    # held to the end: a second run on this dir stops here naming this one; stale temporaries go
+    with RunLock(run_dir):
+        return _locked_run(cfg, run_dir, start)
+
+
+def _locked_run(cfg: DictConfig, run_dir: Path, start: float) -> float | None:
     done = _finished(cfg, run_dir)
     if done is not None:
         log.info("%s is complete; skipping (made by this same config).", run_dir / "results.json")
@@ -81,7 +94,7 @@ def _run(cfg: DictConfig) -> float | None:
 
     validate(cfg)
     name, pruner = build_pruner(cfg)
-    estimators = build_estimators(cfg, pruner.needs_estimator())
+    estimators = build_estimators(_with_pruner_estimator(cfg), pruner.needs_estimator())
     from infodyn.models import build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model)
@@ -123,12 +136,12 @@ def _run(cfg: DictConfig) -> float | None:
         "finetune": finetune_cache.for_job(cfg, config_hash(Finetune().config(job))),
         "oracle": finetune_cache.for_oracle(cfg, config_hash(OracleAnalysis().config(job))),
     }
-    # Only now does the job write anything: a failed check leaves no outputs behind.
+    # Only now does the job write outputs: a failed check leaves nothing behind (but the lock).
     run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)
     (run_dir / "results.json").unlink(missing_ok=True)  # failed, or made by an older code
     config_path = run_dir / "config_resolved.yaml"
-    OmegaConf.save(OmegaConf.to_container(cfg, resolve=True), config_path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write(config_path, lambda tmp: OmegaConf.save(resolved, tmp))
 
     job.loggers = build_loggers(cfg, run_dir, {**_names(result), "job_name": result.job_name})
     status = "failed"
@@ -140,12 +153,27 @@ def _run(cfg: DictConfig) -> float | None:
         result.config_path = config_path.name
         result.config_hash = config_hash(flat_config(cfg))
         result.save(run_dir / "results.json")
+        if rank_zero_only.rank == 0:  # a finished run is skipped on rerun: its checkpoints go
+            release_finished_run(run_dir, keep=list(cfg.run.get("keep_checkpoints") or ()))
         status = "success"
         log_run_summary(job.loggers, result)
         log.info("run finished\n%s", summary_table(result, run_dir))
         return result.main_value()
     finally:
         close_loggers(job.loggers, status)
+
+
+def _with_pruner_estimator(cfg: DictConfig) -> DictConfig:
+    """A copy of `cfg` whose `estimator` holds the one the pruner names too (`estimator=none
+    pruner=redundancy`), loaded inside the job so that its `${seed}` resolves."""
+    from omegaconf import open_dict
+
+    from infodyn.validation import estimators_in_effect
+
+    job = cfg.copy()
+    with open_dict(job):
+        job.estimator = estimators_in_effect(cfg)
+    return job
 
 
 def _finished(cfg: DictConfig, run_dir: Path) -> RunResult | None:

@@ -74,24 +74,11 @@ class RunLock:
         if self._fd is not None or _launched_rank():
             return
         self._created = _missing_dirs(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                self._remove_created()
-                raise RunDirLockedError(self._busy_message()) from None
-            # the holder before us may have unlinked the file between our open and flock: then
-            # we locked an orphan, and must lock the file that is there now
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
+        try:
+            fd = self._lock()
+        except BaseException:
+            self._remove_created()  # a refused or failed start leaves no folder behind
+            raise
         previous = _read_holder(fd)
         if previous and previous.get("pid") != os.getpid():
             log.info(
@@ -125,6 +112,26 @@ class RunLock:
         self._remove_created()
 
     # -- internals
+    def _lock(self) -> int:
+        """The descriptor of `.lock`, flocked; `RunDirLockedError` if a live job holds it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunDirLockedError(self._busy_message()) from None
+            # the holder before us may have unlinked the file between our open and flock: then
+            # we locked an orphan, and must lock the file that is there now
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+
     def _busy_message(self) -> str:
         holder = holder_of(self.run_dir) or {}
         who = (

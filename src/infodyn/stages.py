@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
-from infodyn.checkpoints import load_module, usable_checkpoint
+from infodyn.checkpoints import load_module, slim_checkpoint, usable_checkpoint
 from infodyn.evaluation import (
     batch_judge,
     count_parameters,
@@ -99,6 +100,8 @@ class Stage:
     def save(self, job: Job, record: dict[str, Any]) -> dict[str, Any]:
         record = finite({**record, "config": self.config(job)})
         atomic_write_json(self.record_path(job), record)
+        if self.trains and rank_zero_only.rank == 0 and self.checkpoint(job).is_file():
+            slim_checkpoint(self.checkpoint(job))  # done: reuse and resume need only weights
         kill_point(f"after:{self.name}")
         return record
 
@@ -370,8 +373,6 @@ def run_stages(job: Job, shared: dict[str, Any] | None = None) -> RunResult:
 def export(job: Job, module: Any) -> None:
     """Process 0 writes the model the run ends with, its labels and a model card saying what
     was removed and why (two processes renaming one folder could fail)."""
-    from pytorch_lightning.utilities import rank_zero_only
-
     cfg, res = job.cfg, job.result
     if not cfg.run.get("export_pruned_model", True) or rank_zero_only.rank != 0:
         return

@@ -1,29 +1,32 @@
 """Input checks before any work: the schema, the conflicts the config decides, output paths.
 
-`validate(cfg)` runs the schema (`infodyn.config.check_schema`) and then every rule of `RULES`,
-each a named function that raises one `ConfigError` paragraph. `PreflightCallback` (registered
-in conf/hydra/default.yaml) runs the path checks and `validate` on every job of a run or a sweep
-before Hydra writes anything (`.hydra/`, a log, an output dir).
+`validate(cfg)` runs the schema (`infodyn.schema.check_schema`) and then every rule of `RULES`,
+each a named function that raises one `ConfigError` paragraph (the model entry's rules live in
+`model_checks` and `model_files`, the output paths' in `output_paths`). `PreflightCallback`
+(registered in conf/hydra/default.yaml) runs the path checks and `validate` on every job of a run
+or a sweep before Hydra writes anything (`.hydra/`, a log, an output dir).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import json
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infodyn.config import check_schema, load_option
+from infodyn.config import load_option
 from infodyn.errors import ConfigError
-
-# Values interpolated into the default run and sweep dirs.
-PATH_KEYS = ("seed", "task.name", "model.name", "sweep_name")
+from infodyn.model_checks import (
+    hub_model_named,
+    model_hf_config,
+    random_model_config_valid,
+    seq_length_fits_model,
+)
+from infodyn.model_files import local_model_folder_usable
+from infodyn.output_paths import check_dirs, refuse_climbing
+from infodyn.schema import check_schema
 
 
 def validate(cfg: DictConfig) -> None:
@@ -78,9 +81,53 @@ def fsdp_needs_gpu(cfg: DictConfig) -> None:
         )
 
 
+def strategy_known(cfg: DictConfig) -> None:
+    """`trainer.strategy` is one Lightning knows (it would refuse it after the model is built)."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    name = cfg.trainer.get("strategy", "auto")
+    if isinstance(name, str) and name != "auto" and name not in StrategyRegistry:
+        raise ConfigError(
+            f"trainer.strategy={name!r} is not a Lightning strategy (e.g. auto, ddp, ddp_spawn, "
+            "fsdp, deepspeed; the full list is pytorch_lightning.strategies.StrategyRegistry). "
+            "Fix: trainer.strategy=auto, or trainer=ddp for several processes."
+        )
+
+
+def targets_take_their_keys(cfg: DictConfig) -> None:
+    """Every key of the pruner entry is an argument of its class (a typo is never dropped)."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(cfg.pruner._target_))
+    except Exception:  # noqa: BLE001 - the pruner builder names a bad _target_
+        return
+    params = _parameters(cls)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in cfg.pruner:
+        if not str(key).startswith("_") and key != "name" and key not in params:
+            takes = ", ".join(k for k in params if k != "self")
+            raise ConfigError(
+                f"pruner.{key}={OmegaConf.select(cfg, f'pruner.{key}')} is not an argument of "
+                f"{cls.__name__} (it takes: {takes or 'nothing'}). Fix: drop pruner.{key}, or "
+                "spell one of those."
+            )
+
+
 def pruner_estimator_exists(cfg: DictConfig) -> None:
     """The estimator a pruner's config names is selected or has a conf/estimator entry."""
-    _estimators_in_effect(cfg)
+    if "estimator" in cfg.pruner and cfg.pruner.estimator is None:
+        from hydra.utils import get_class
+
+        default = _parameters(get_class(str(cfg.pruner._target_))).get("estimator")
+        if default is not None and default.default is not None:
+            raise ConfigError(
+                "pruner.estimator=null but this pruner ranks the blocks by an estimator's "
+                f"scores. Fix: pruner.estimator={default.default} (or another conf/estimator "
+                "entry)."
+            )
+    estimators_in_effect(cfg)
 
 
 def pair_estimators_need_two_samples(cfg: DictConfig) -> None:
@@ -100,7 +147,7 @@ def pair_estimators_need_two_samples(cfg: DictConfig) -> None:
 
 def projection_fits_model_width(cfg: DictConfig) -> None:
     """A projecting estimator (gaussian, exact) cannot project to more dims than the model has."""
-    width = _model_hf_config(cfg).get("hidden_size")
+    width = model_hf_config(cfg).get("hidden_size")
     if width is None:
         return
     for name, entry, cls in _estimator_classes(cfg):
@@ -117,23 +164,6 @@ def projection_fits_model_width(cfg: DictConfig) -> None:
                 f"model={cfg.model.name} is {width} wide (its config's hidden_size). Fix: "
                 f"estimator.{name}.{arg}={width} or less."
             )
-
-
-def seq_length_fits_model(cfg: DictConfig) -> None:
-    """`data.max_seq_length` within the model's position embeddings (from its config)."""
-    limit = _model_hf_config(cfg).get("max_positions")
-    if limit is not None:
-        check_seq_length(cfg, limit)
-
-
-def check_seq_length(cfg: DictConfig, limit: int) -> None:
-    """Refuse `data.max_seq_length` above `limit` tokens (the model's position embeddings)."""
-    if int(cfg.data.max_seq_length) > limit:
-        raise ConfigError(
-            f"data.max_seq_length={cfg.data.max_seq_length} exceeds the limit of "
-            f"model={cfg.model.name}, {limit} tokens (its position embeddings). Fix: "
-            f"data.max_seq_length={limit} or less."
-        )
 
 
 def task_labels_agree(cfg: DictConfig) -> None:
@@ -160,7 +190,12 @@ def task_labels_agree(cfg: DictConfig) -> None:
 
 RULES: list[Callable[[DictConfig], None]] = [
     accelerator_available,
+    strategy_known,
     fsdp_needs_gpu,
+    random_model_config_valid,
+    hub_model_named,
+    local_model_folder_usable,
+    targets_take_their_keys,
     pruner_estimator_exists,
     pair_estimators_need_two_samples,
     projection_fits_model_width,
@@ -169,7 +204,7 @@ RULES: list[Callable[[DictConfig], None]] = [
 ]
 
 
-def _estimators_in_effect(cfg: DictConfig) -> dict[str, DictConfig]:
+def estimators_in_effect(cfg: DictConfig) -> dict[str, DictConfig]:
     """`cfg.estimator` plus the one the pruner's config names (the pipeline adds it)."""
     out = dict(cfg.estimator.items())
     needed = cfg.pruner.get("estimator")
@@ -185,7 +220,7 @@ def _estimator_classes(cfg: DictConfig) -> list[tuple[str, DictConfig, type]]:
     from hydra.utils import get_class
 
     out = []
-    for name, entry in _estimators_in_effect(cfg).items():
+    for name, entry in estimators_in_effect(cfg).items():
         try:
             out.append((str(name), entry, get_class(str(entry._target_))))
         except Exception:  # noqa: BLE001 - the estimator builder names a bad _target_
@@ -204,84 +239,6 @@ def _processes_sharing_a_batch(cfg: DictConfig, entry: DictConfig, params: Mappi
     scope = entry.get("batch_scope", default)
     ddp = str(cfg.trainer.get("strategy", "auto")).startswith("ddp")
     return int(devices) if ddp and scope == "global" and isinstance(devices, int) else 1
-
-
-def _model_hf_config(cfg: DictConfig) -> dict[str, Any]:
-    """hidden_size and max_positions from the model's HF config (no weights, no network)."""
-    entry = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True)
-    return _hf_config_facts(entry)
-
-
-@functools.lru_cache(maxsize=32)
-def _hf_config_facts(entry_json: str) -> dict[str, Any]:
-    from transformers import AutoConfig
-
-    from infodyn.models import ModelConfigError, max_positions, resolve_model_path
-
-    entry = OmegaConf.create(json.loads(entry_json))
-    try:
-        if entry.source == "random":
-            config = AutoConfig.for_model(entry.arch, **(entry.get("config") or {}))
-        else:
-            path = resolve_model_path(entry)
-            config = AutoConfig.from_pretrained(
-                path, trust_remote_code=False, local_files_only=True
-            )
-    except (ModelConfigError, OSError, ValueError, KeyError, TypeError):
-        return {}  # not on disk yet or not loadable: the model builder says why, later
-    return {
-        "hidden_size": getattr(config, "hidden_size", None),
-        "max_positions": max_positions(SimpleNamespace(config=config)),
-    }
-
-
-# -- output paths ---------------------------------------------------------------------------
-
-
-def check_output_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse output paths that climb out of their root through `..` components."""
-    from hydra.core.hydra_config import HydraConfig
-
-    settings = {"run_dir": cfg.get("run_dir")}
-    if not cfg.get("run_dir") and HydraConfig.initialized():
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            settings["hydra.sweep.dir"] = hc.sweep.dir
-            settings["hydra.sweep.subdir"] = hc.sweep.subdir
-        else:
-            settings["hydra.run.dir"] = hc.run.dir
-    for key, value in settings.items():
-        if value is not None:
-            _refuse_climbing(key, str(value), cfg)
-
-
-def _refuse_climbing(key: str, value: str, cfg: DictConfig | None = None) -> None:
-    if ".." not in Path(value).parts:
-        return
-    culprits = [
-        f"{k}={OmegaConf.select(cfg, k)!r}"
-        for k in PATH_KEYS
-        if cfg is not None and ".." in str(OmegaConf.select(cfg, k, default=""))
-    ]
-    choice = _pruner_choice()
-    if choice and ".." in choice:
-        culprits.append(f"pruner={choice!r}")
-    via = f" (through {', '.join(culprits)})" if culprits else ""
-    raise ConfigError(
-        f"{key}={value!r} contains a '..' component{via}, so outputs could land outside the "
-        f"output directory. Fix: give {key} (and the config values it is built from) without "
-        "'..', e.g. an absolute path."
-    )
-
-
-def _pruner_choice() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return HydraConfig.get().runtime.choices.get("pruner")
 
 
 # -- the Hydra callback: everything above, before Hydra writes a file -----------------------
@@ -316,9 +273,9 @@ def _check_run(config: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(config)
-    _check_dirs(config, "hydra.run.dir")
+    check_dirs(config, "hydra.run.dir")
     if config.get("run_dir"):
-        _refuse_climbing("run_dir", str(config.run_dir), config)
+        refuse_climbing("run_dir", str(config.run_dir), config)
     validate(_job_part(config))
 
 
@@ -329,7 +286,7 @@ def _check_sweep(config: DictConfig) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     HydraConfig.instance().set_config(config)
-    _check_dirs(config, "hydra.sweep.dir")
+    check_dirs(config, "hydra.sweep.dir")
     sweeper = str(config.hydra.sweeper.get("_target_", ""))
     if not sweeper.endswith("BasicSweeper"):
         return  # other sweepers choose their jobs as they go: each job is checked by the pipeline
@@ -346,7 +303,7 @@ def _check_sweep(config: DictConfig) -> None:
             with open_dict(job):
                 job.hydra.job.id, job.hydra.job.num = f"check_{num}", num
             HydraConfig.instance().set_config(job)
-            _check_dirs(job, "hydra.sweep.dir", "hydra.sweep.subdir")
+            check_dirs(job, "hydra.sweep.dir", "hydra.sweep.subdir")
             try:
                 validate(_job_part(job))
             except ConfigError as err:
@@ -355,63 +312,9 @@ def _check_sweep(config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
 
 
-def _check_dirs(config: DictConfig, *keys: str) -> None:
-    """Each Hydra dir key: its template and its resolved value hold no '..' component."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    for key in keys:
-        raw = _unresolved(config, key)
-        if ".." in Path(raw).parts:
-            _refuse_climbing(key, raw, None)
-        try:
-            value = str(OmegaConf.select(config, key))
-        except OmegaConfBaseException as err:
-            raise ConfigError(
-                f"{key}={raw!r} cannot be resolved: {' '.join(str(err).split())}. Fix: "
-                f"correct {key} or the values it is built from."
-            ) from None
-        _refuse_climbing(key, value, config)
-
-
-def _unresolved(config: DictConfig, key: str) -> str:
-    node: Any = OmegaConf.to_container(config.hydra, resolve=False)
-    for part in key.split(".")[1:]:
-        node = node.get(part) if isinstance(node, dict) else None
-    return str(node)
-
-
 def _job_part(config: DictConfig) -> DictConfig:
     """The job config (what the task function gets): `hydra` removed, interpolations intact."""
     job = config.copy()
     with open_dict(job):
         job.pop("hydra", None)
     return job
-
-
-# -- after the model is built ---------------------------------------------------------------
-
-
-def preflight(cfg: DictConfig, module: Any, tokenizer: Any) -> None:
-    """Checks that need the built model: vocabulary and positions. (The pruner checks k and
-    protect itself: `LayerPruner.check`.)"""
-    from infodyn.models import find_hf_model, max_positions
-
-    hf_model = find_hf_model(module.model)
-    check_vocab(cfg, hf_model, tokenizer)
-    limit = max_positions(hf_model)
-    if limit is not None:
-        check_seq_length(cfg, limit)
-
-
-def check_vocab(cfg: DictConfig, hf_model: Any, tokenizer: Any) -> None:
-    """Every tokenizer id has a row in the model's embedding table."""
-    vocab = int(hf_model.get_input_embeddings().num_embeddings)
-    if len(tokenizer) > vocab:
-        raise ConfigError(
-            f"the tokenizer of model={cfg.model.name} has {len(tokenizer)} ids but the model's "
-            f"embedding table has {vocab} rows (model.config.vocab_size), so ids >= {vocab} "
-            "would crash the forward. Fix: set the model's vocab_size to at least "
-            f"{len(tokenizer)}, or pair the model with its own tokenizer."
-        )
-
-

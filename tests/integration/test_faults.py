@@ -21,7 +21,13 @@ from infodyn.estimators.callback import feed_estimators
 from infodyn.estimators.cosine import CosineRedundancy
 from infodyn.estimators.knowledge_entropy import KnowledgeEntropy
 
-RUN = ("task=mrpc", "pruner=redundancy", "pruner.k=2", "trainer.enable_progress_bar=false")
+RUN = (
+    "task=mrpc",
+    "pruner=redundancy",
+    "pruner.k=2",
+    "trainer.enable_progress_bar=false",
+    "run.keep_checkpoints=[finetune,recover]",  # a finished run keeps them (slim) to corrupt
+)
 TIMING = ("wall_time_s", "throughput")
 
 
@@ -89,6 +95,8 @@ def test_outputs_leave_no_temp_files(finished_run: tuple[Path, dict]) -> None:
     assert leftovers == []
     for stage in ("finetune", "recover"):
         assert sorted(p.name for p in (run_dir / "checkpoints" / stage).iterdir()) == ["last.ckpt"]
+        kept = torch.load(run_dir / "checkpoints" / stage / "last.ckpt", weights_only=True)
+        assert checkpoints.is_slim(kept), f"{stage}: a finished stage kept its optimizer state"
 
 
 def test_atomic_write_json_keeps_old_file_on_failure(tmp_path: Path) -> None:
@@ -111,16 +119,30 @@ def test_corrupt_results_json_is_reported_and_the_job_finishes(
     assert stable(after) == stable(before)
 
 
-@pytest.mark.parametrize("stage", ["finetune", "score", "prune", "recover"])
+@pytest.mark.parametrize(
+    ("stage", "damage"),
+    [
+        ("finetune", "truncated"),
+        ("score", "truncated"),
+        ("prune", "truncated"),
+        ("recover", "truncated"),
+        ("finetune", "not an object"),
+    ],
+)
 def test_corrupt_stage_json_is_reported_and_redone(
     finished_run: tuple[Path, dict],
     tiny_cfg: Callable,
     caplog: pytest.LogCaptureFixture,
     stage: str,
+    damage: str,
 ) -> None:
     run_dir, before = finished_run
     (run_dir / "results.json").unlink()
-    _truncate(run_dir / "stages" / f"{stage}.json", keep=20)
+    record = run_dir / "stages" / f"{stage}.json"
+    if damage == "truncated":
+        _truncate(record, keep=20)
+    else:
+        record.write_text("[1, 2]")  # valid JSON, but no record
     with caplog.at_level(logging.WARNING, logger="infodyn"):
         after = _rerun(tiny_cfg)
     assert any(f"{stage}.json" in r.getMessage() for r in caplog.records)

@@ -3,7 +3,7 @@ uninterrupted run with the same seed ends (metrics, pruned layers, scores, profi
 
 The kill comes from `INFODYN_TEST_KILL_AT` (killpoints.KILL_ENV): `<stage>:<epoch>:<batch>` kills
 at that training batch (after the epoch before it checkpointed), `after:<stage>` right after the
-stage's json is written.
+stage's json is written, `export` in the middle of writing the exported model.
 """
 
 from __future__ import annotations
@@ -120,6 +120,22 @@ def _approx(value):
     if isinstance(value, list):
         return [_approx(v) for v in value]
     return value
+
+
+def test_run_killed_during_export_cleans_up_and_finishes(root: Path, reference: dict) -> None:
+    run_dir = root / "export"
+    killed = _run(root, run_dir, "export")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    half = [p for p in run_dir.iterdir() if p.name.startswith(".model.tmp-")]
+    assert half and any(half[0].glob("*.safetensors")), "the kill came before the weights"
+    assert not (run_dir / "model").exists() and not (run_dir / "results.json").exists()
+
+    resumed = _run(root, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not any(p.exists() for p in half)  # the next start removed the half export
+    assert [p for p in run_dir.rglob("*") if ".tmp-" in p.name] == []
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert _stable(run_dir / "results.json") == _approx(reference)
 
 
 def test_complete_job_is_skipped(root: Path, reference: dict) -> None:

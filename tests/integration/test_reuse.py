@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from infodyn.errors import ConfigError
 from infodyn.pipeline import run
@@ -66,6 +67,25 @@ def test_overwrite_discards_and_reruns(tiny_cfg, finished):
     run(tiny_cfg(*FAST, "pruner.k=2", "run.overwrite=true"))
     res = json.loads((run_dir / "results.json").read_text())
     assert len(res["pruned_layers"]) == 2 and res["num_layers_after"] == 2
+
+
+def test_a_finished_run_keeps_its_export_and_no_training_state(tiny_cfg, finished):
+    run_dir = Path(finished.run_dir)
+    assert not (run_dir / "checkpoints").exists()  # the export holds the final model
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    export = sum(p.stat().st_size for p in files if p.is_relative_to(run_dir / "model"))
+    assert export and sum(p.stat().st_size for p in files) <= 2 * export
+
+
+def test_keep_checkpoints_keeps_weights_only_and_they_load(tiny_cfg):
+    from infodyn.checkpoints import is_slim, load_module
+
+    cfg = tiny_cfg(*FAST, "run.keep_checkpoints=[finetune]")
+    run(cfg)
+    root = Path(cfg.run_dir) / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["finetune"]  # recover went
+    assert is_slim(torch.load(root / "finetune" / "last.ckpt", weights_only=True))
+    assert load_module(root / "finetune" / "last.ckpt") is not None
 
 
 def test_a_record_without_its_config_is_not_trusted(tiny_cfg, finished):

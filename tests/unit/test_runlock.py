@@ -10,12 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from infodyn import runlock
-from infodyn.errors import ConfigError, explain, user_errors
+from infodyn.errors import ConfigError, user_errors
+from infodyn.explain import explain
 from infodyn.runlock import RunDirLockedError, RunLock
 
 HOLD = (
@@ -177,3 +180,84 @@ def test_a_rank_that_does_not_hold_the_lock_removes_nothing(
     monkeypatch.setenv("LOCAL_RANK", "1")
     with RunLock(tmp_path / "run"):
         assert live.exists()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL between a writer's temporary and its rename."""
+
+
+def _writers(root: Path) -> dict[str, Callable[[], object]]:
+    """Every writer of the project that goes through a temporary, writing under `root`."""
+    from datasets import Dataset
+
+    from infodyn import io
+    from infodyn.checkpoints import slim_checkpoint
+    from infodyn.data.cache import save_cached
+    from infodyn.export import export_model
+    from infodyn.finetune_cache import SharedFinetune
+    from tiny_models import tiny
+
+    ckpt = root / "checkpoints" / "finetune" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "optimizer_states": [{"x": torch.ones(2)}]}, ckpt)
+    (root / "stages").mkdir()
+    (root / "stages" / "finetune.json").write_text("{}")
+    (root / "model").mkdir()  # an earlier export: replaced through `.model.old.tmp-<pid>`
+
+    def publish() -> None:
+        SharedFinetune(root / "shared", "key").publish(root)
+
+    return {
+        "results.json / stage records (atomic_write_json)": lambda: io.atomic_write_json(
+            root / "results.json", {"a": 1}
+        ),
+        "config_resolved.yaml (atomic_write)": lambda: io.atomic_write_text(
+            root / "config_resolved.yaml", "a: 1\n"
+        ),
+        "finetune cache fetch (atomic_copy)": lambda: io.atomic_copy(ckpt, root / "copy.ckpt"),
+        "slim last.ckpt (checkpoints)": lambda: slim_checkpoint(ckpt),
+        "finetune cache publish (atomic_dir)": publish,
+        "export (model folder)": lambda: export_model(tiny("bert"), None, root / "model"),
+        "tokenized data cache (atomic_dir)": lambda: save_cached(
+            root / "cache" / "abc", Dataset.from_dict({"x": [1, 2]})
+        ),
+    }
+
+
+def test_every_writers_temporary_is_one_the_next_start_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each writer is 'killed' at its rename; what it left is recreated; the lock clears it."""
+    root = tmp_path / "run"
+    root.mkdir()
+    writers = _writers(root)
+    real_replace = os.replace
+    left: dict[str, list[Path]] = {}
+
+    for name, write in writers.items():
+        seen: list[Path] = []
+
+        def replace(src, dst, seen=seen):
+            if Path(src).name.startswith(".") and ".tmp-" in Path(src).name:
+                seen.append(Path(src))
+                raise _Killed
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(_Killed):
+            write()
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert seen, f"{name}: wrote without a temporary"
+        left[name] = seen
+    for paths in left.values():  # what a SIGKILL (no `finally`) leaves behind
+        for path in paths:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"half")
+    stale = [p for paths in left.values() for p in paths]
+    with RunLock(root):
+        remaining = [p for p in stale if p.exists()]
+        remaining += [p for p in root.rglob("*") if ".tmp-" in p.name]  # `.model.old.tmp-*` too
+    assert remaining == [], remaining
+    assert (root / "checkpoints" / "finetune" / "last.ckpt").is_file()
+    assert (root / "stages" / "finetune.json").is_file()

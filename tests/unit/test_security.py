@@ -10,7 +10,7 @@ import pytest
 import yaml
 from omegaconf import open_dict, read_write
 
-from infodyn import validation
+from infodyn import output_paths, validation
 from infodyn.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,10 +157,10 @@ def test_run_dir_with_dotdot_is_refused(tmp_path: Path) -> None:
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "runs" / ".." / ".." / "elsewhere")
     with pytest.raises(ConfigError, match=r"run_dir=.*'\.\.'"):
-        validation.check_output_dir(cfg, Path(cfg.run_dir))
+        output_paths.check_output_dir(cfg, Path(cfg.run_dir))
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "runs" / "fine")
-    validation.check_output_dir(cfg, Path(cfg.run_dir))
+    output_paths.check_output_dir(cfg, Path(cfg.run_dir))
 
 
 @pytest.mark.parametrize(
@@ -186,9 +186,9 @@ def test_hydra_run_dir_with_dotdot_is_refused() -> None:
     HydraConfig.instance().set_config(cfg)
     try:
         with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):
-            validation.check_output_dir(cfg, Path("unused"))
+            output_paths.check_output_dir(cfg, Path("unused"))
         cfg = compose_config(["model=roberta_tiny"], return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
-        validation.check_output_dir(cfg, Path("unused"))
+        output_paths.check_output_dir(cfg, Path("unused"))
     finally:
         HydraConfig.instance().cfg = None
