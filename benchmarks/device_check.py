@@ -243,6 +243,20 @@ def section_estimators(plan: Plan) -> str:
     )
 
 
+class Synced(torch.nn.Module):
+    """`model`, returning only once the GPU has run the forward: measure_throughput times wall
+    clock per call, and an unsynchronised CUDA call returns as soon as it is queued."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs):
+        out = self.model(**inputs)
+        _sync()
+        return out
+
+
 def section_pruned(plan: Plan) -> str:
     from infodyn.builders import build_module
     from infodyn.evaluation import measure_throughput
@@ -258,7 +272,9 @@ def section_pruned(plan: Plan) -> str:
     dtype = torch.bfloat16 if plan.gpu else torch.float32
     with torch.autocast(device, dtype=dtype, enabled=plan.gpu):
         rates = measure_throughput(
-            {"full": full, "pruned": pruned}, batch, min_seconds=1.0 if plan.gpu else 0.1
+            {"full": Synced(full), "pruned": Synced(pruned)},
+            batch,
+            min_seconds=1.0 if plan.gpu else 0.1,
         )
     a, b = rates["full"]["examples_per_s"], rates["pruned"]["examples_per_s"]
     return (
