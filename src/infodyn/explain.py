@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from infodyn.errors import TrainingDivergedError, user_errors
-from infodyn.model_files import model_folder, unsafe_pickle
+from infodyn.model_folder import model_folder, unsafe_pickle
 from infodyn.tracebacks import (
     chain,
     disk_free,

@@ -1,6 +1,6 @@
 """Reading a raised exception: its chain of causes, its frames, the file it was about.
 
-The helpers `infodyn.explain` and `infodyn.model_files` use to find, in a traceback, the input an
+The helpers `infodyn.explain` and `infodyn.model_folder` use to find, in a traceback, the input an
 error is about (a path held by the raising frames, the `from_pretrained` argument).
 """
 

@@ -2,7 +2,7 @@
 
 `validate(cfg)` runs the schema (`infodyn.schema.check_schema`) and then every rule of `RULES`,
 each a named function that raises one `ConfigError` paragraph (the model entry's rules live in
-`model_checks` and `model_files`, the output paths' in `output_paths`). `PreflightCallback`
+`model_checks` and `model_folder`, the output paths' in `output_paths`). `PreflightCallback`
 (registered in conf/hydra/default.yaml) runs the path checks and `validate` on every job of a run
 or a sweep before Hydra writes anything (`.hydra/`, a log, an output dir).
 """
@@ -24,7 +24,7 @@ from infodyn.model_checks import (
     random_model_config_valid,
     seq_length_fits_model,
 )
-from infodyn.model_files import local_model_folder_usable
+from infodyn.model_folder import local_model_folder_usable
 from infodyn.output_paths import check_dirs, refuse_climbing
 from infodyn.schema import check_schema
 

@@ -17,17 +17,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from infodyn import models
-from infodyn.models import (
-    ARCHIVES,
-    ModelConfigError,
-    SplitZipArchive,
-    build_model,
-    build_tokenizer,
-    char_tokenizer,
-    max_positions,
-    split_zip_model_dir,
-)
+from infodyn import model_files
+from infodyn.model_files import ARCHIVES, ModelConfigError, SplitZipArchive, split_zip_model_dir
+from infodyn.models import build_model, build_tokenizer, char_tokenizer, max_positions
 from tiny_models import tiny
 
 NAME = "tiny-mpnet"
@@ -123,7 +115,7 @@ def test_assembled_once_and_loads_as_mpnet(fake_extra, tmp_path, monkeypatch):
     def no_extract(*args, **kwargs):
         raise AssertionError("assembled again")
 
-    monkeypatch.setattr(models, "_extract", no_extract)
+    monkeypatch.setattr(model_files, "_extract", no_extract)
     assert split_zip_model_dir(NAME, cache / "models") == folder
 
 

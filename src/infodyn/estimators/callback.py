@@ -26,6 +26,7 @@ from infodyn.estimators.tap import ActivationTap, feed_estimators
 from infodyn.estimators.tracking import (
     INDEXING,
     LayerTracker,
+    TrackerAdapter,
     estimators_state,
     load_estimators_state,
     record_epoch,
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class LayerDynamicsCallback(pl.Callback):
+class LayerDynamicsCallback(TrackerAdapter, pl.Callback):
     """Tracks every block's estimator values at every epoch of a training stage.
 
     Args:
@@ -67,18 +68,6 @@ class LayerDynamicsCallback(pl.Callback):
         self.tracker = LayerTracker(estimators, stage, block_ids)
         self.model_attr = model_attr
         self.probe_dataloader = probe_dataloader
-
-    @property
-    def estimators(self) -> dict[str, Any]:
-        return self.tracker.estimators
-
-    @property
-    def stage(self) -> str:
-        return self.tracker.stage
-
-    @property
-    def reference_committed(self) -> dict[str, bool]:
-        return self.tracker.reference_committed
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.tracker.tap is None:
@@ -118,13 +107,3 @@ class LayerDynamicsCallback(pl.Callback):
         for name, value in metrics.items():
             # already reduced across ranks by summary()'s sync: no second sync
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
-
-    def profiles(self) -> dict[str, Any]:
-        """`profiles` for results.json: {indexing, <stage>: {<estimator>: {layers, <series>}}}."""
-        return self.tracker.profiles()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.tracker.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.tracker.load_state_dict(state_dict)

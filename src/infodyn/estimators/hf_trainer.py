@@ -48,7 +48,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from infodyn.estimators.tracking import STATE_FORMAT, LayerTracker
+from infodyn.estimators.tracking import STATE_FORMAT, LayerTracker, TrackerAdapter
 from infodyn.io import atomic_write
 from infodyn.models import find_hf_model
 
@@ -103,7 +103,7 @@ def _check_saved(saved: Any, global_step: int) -> None:
             raise ValueError(f"entry {key!r} is missing or not a {kind.__name__}")
 
 
-class LayerDynamicsTrainerCallback(TrainerCallback):
+class LayerDynamicsTrainerCallback(TrackerAdapter, TrainerCallback):
     """Tracks every block's estimator values at every epoch of an HF `Trainer` run.
 
     Args:
@@ -139,18 +139,6 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
         self.resume_from = resume_from
         self._hf_model: Any = None
 
-    @property
-    def estimators(self) -> dict[str, Any]:
-        return self.tracker.estimators
-
-    @property
-    def stage(self) -> str:
-        return self.tracker.stage
-
-    @property
-    def reference_committed(self) -> dict[str, bool]:
-        return self.tracker.reference_committed
-
     def _record_epoch(self) -> None:
         self.tracker.record_epoch(self._hf_model, self.probe_dataloader)
 
@@ -183,18 +171,7 @@ class LayerDynamicsTrainerCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs) -> None:
         self._record_epoch()
 
-    def profiles(self) -> dict[str, Any]:
-        """{indexing, <stage>: {<estimator>: {layers, <series>: [per-epoch values]}}}."""
-        return self.tracker.profiles()
-
     # -- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """The tracker's state: history, probe references, the open epoch's running sums."""
-        return self.tracker.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.tracker.load_state_dict(state_dict)
-
     def on_save(self, args, state, control, **kwargs) -> None:
         if state.is_hyper_param_search:
             return  # trials checkpoint under <output_dir>/run-<trial>, a name callbacks never see

@@ -330,3 +330,33 @@ class LayerTracker:
         self._incomplete_restored = int(state.get("incomplete_ffn_batches", 0))
         if self.tap is not None:
             self.tap.incomplete_ffn_batches = self._incomplete_restored
+
+
+class TrackerAdapter:
+    """What every training-loop adapter exposes of its `self.tracker` (a `LayerTracker`); the
+    adapter itself only wires the loop's hooks to the tracker."""
+
+    tracker: LayerTracker
+
+    @property
+    def estimators(self) -> dict[str, Any]:
+        return self.tracker.estimators
+
+    @property
+    def stage(self) -> str:
+        return self.tracker.stage
+
+    @property
+    def reference_committed(self) -> dict[str, bool]:
+        return self.tracker.reference_committed
+
+    def profiles(self) -> dict[str, Any]:
+        """`profiles` for results.json: {indexing, <stage>: {<estimator>: {layers, <series>}}}."""
+        return self.tracker.profiles()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tracker's state: history, probe references, the open epoch's running sums."""
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state_dict)
