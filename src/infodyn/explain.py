@@ -2,7 +2,8 @@
 
 `explain(err)` maps the known failures of transformers, Lightning, torch, datasets and the OS
 (the rules in `RULES`, each a function of one exception) to that paragraph, and returns None for
-anything else (a bug, which keeps its traceback: `errors.cli_exit`). A pickle's message is never
+anything else (a bug, which keeps its traceback). `cli_exit(err)` prints that paragraph, or one
+line naming the log for an unknown error, and returns the exit code. A pickle's message is never
 passed on: it would suggest loading it unsafely.
 """
 
@@ -10,12 +11,22 @@ from __future__ import annotations
 
 import errno
 import linecache
+import logging
 import os
 import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
-from infodyn.errors import TrainingDivergedError, user_errors
+from infodyn.errors import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_USER,
+    ConfigError,
+    TrainingDivergedError,
+)
 from infodyn.model_folder import model_folder, unsafe_pickle
 from infodyn.tracebacks import (
     chain,
@@ -29,6 +40,8 @@ from infodyn.tracebacks import (
     short,
 )
 
+log = logging.getLogger("infodyn")
+
 
 def explain(err: BaseException) -> str | None:
     """One paragraph naming the input and the fix for a known failure; None for an unknown one."""
@@ -37,7 +50,7 @@ def explain(err: BaseException) -> str | None:
         text = unsafe_pickle(e)
         if text:
             return paragraph(text)
-    if isinstance(err, (TrainingDivergedError, *user_errors())):
+    if isinstance(err, TrainingDivergedError | ConfigError):
         return paragraph(str(err))
     for e in causes:
         for rule in RULES:
@@ -311,3 +324,63 @@ RULES: tuple[Callable[[BaseException], str | None], ...] = (
     _index_mismatch,
     _cuda_assert,
 )
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+def cli_exit(
+    err: BaseException, log_path: str | os.PathLike | None = None, stream: TextIO | None = None
+) -> int | None:
+    """Tell the user about `err` on stderr; the exit code, or None to re-raise `err` unchanged.
+
+    A known failure prints one `error: ...` paragraph and returns 2 (input) or 3 (diverged); an
+    unknown one prints one line naming the log and returns None, so that its traceback (a bug)
+    stays visible. Either way the full traceback goes to the job's log file (`log_path`, by
+    default Hydra's `<output dir>/<job>.log`, found from the logging handlers).
+    """
+    stream = stream or sys.stderr
+    if isinstance(err, SystemExit | GeneratorExit):
+        return None
+    log_path = log_path or job_log_path()
+    if isinstance(err, KeyboardInterrupt):
+        print(
+            "error: interrupted. Rerun the same command: the job resumes from its last "
+            "finished epoch or stage.",
+            file=stream,
+        )
+        return EXIT_INTERRUPTED
+    try:
+        text = explain(err)
+    except Exception:  # noqa: BLE001 - explaining must never hide the error it explains
+        text = None
+    _traceback_to_log_files(err, text or "unexpected error")
+    if text is None:
+        where = f"the full log is {log_path}" if log_path else "there is no log file"
+        print(
+            f"error: unexpected {type(err).__name__} (a bug, or a failure infodyn does not "
+            f"know yet; its traceback follows); {where}. Please report it with that log.",
+            file=stream,
+            flush=True,
+        )
+        return None
+    print(f"error: {text}", file=stream, flush=True)
+    return EXIT_DIVERGED if isinstance(err, TrainingDivergedError) else EXIT_USER
+
+
+def job_log_path() -> Path | None:
+    """The file the root logger writes to (Hydra's job log), or None outside Hydra."""
+    for lg in (logging.getLogger(), log):
+        for handler in lg.handlers:
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename != os.devnull:
+                return Path(handler.baseFilename)
+    return None
+
+
+def _traceback_to_log_files(err: BaseException, text: str) -> None:
+    """The traceback into the log files only: the console shows the paragraph (or Hydra's)."""
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, text, (), (type(err), err, err.__traceback__)
+    )
+    for lg in (logging.getLogger(), log):
+        for handler in lg.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)

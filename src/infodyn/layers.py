@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from infodyn.errors import ConfigError
+
 SUPPORTED = "RoBERTa, BERT/MiniLM, MPNet (encoder.layer), GPT-2 (h), Llama-style decoders (layers)"
 
 # (path to the ModuleList from the backbone) per family; first match wins.
@@ -32,7 +34,7 @@ _FFN_OUT_PATHS: tuple[tuple[str, ...], ...] = (
 )
 
 
-class LayerListNotFound(ValueError):
+class LayerListNotFound(ConfigError):
     """The model's transformer blocks could not be located."""
 
 

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infodyn.errors import ConfigError
+
 log = logging.getLogger("infodyn")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """A model entry that cannot be built; the message names the input and the fix."""
 
 

@@ -24,7 +24,8 @@ from infodyn.builders import (
     estimator_configs,
 )
 from infodyn.checkpoints import release_finished_run
-from infodyn.errors import ConfigError, cli_exit
+from infodyn.errors import ConfigError
+from infodyn.explain import cli_exit
 from infodyn.io import atomic_write
 from infodyn.layers import num_blocks
 from infodyn.loggers import close_loggers, log_run_summary, summary_table
@@ -46,9 +47,9 @@ RUN_OUTPUTS = ("stages", "checkpoints", "model", "results.json", "config_resolve
 def run(cfg: DictConfig) -> float | None:
     """Run one job; returns the main metric of the last stage (what a sweeper optimises).
 
-    Bad inputs raise before any training (`user_errors()`); a NaN/inf loss raises
+    Bad inputs raise before any training (`ConfigError`); a NaN/inf loss raises
     `TrainingDivergedError`. Under `python -m infodyn` (a single run) every failure goes through
-    `errors.cli_exit`: a known one is one `error: ...` paragraph and exit 2 (input) or 3
+    `explain.cli_exit`: a known one is one `error: ...` paragraph and exit 2 (input) or 3
     (diverged), Ctrl-C exits 130, an unknown one keeps its traceback and names the log.
     """
     if not _single_cli_run():

@@ -260,11 +260,9 @@ class PreflightCallback(_HydraCallback):
 
 
 def _or_exit(check: Callable[[], None]) -> None:
-    from infodyn.errors import user_errors
-
     try:
         check()
-    except user_errors() as err:
+    except ConfigError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

@@ -1,7 +1,7 @@
 """Bad inputs end in one error that names the input and the fix, before any training starts.
 
 Most cases run `pipeline.run(cfg)` in-process and check the exception (or, in the hostile-input
-table, what `errors.cli_exit` prints and returns); the CLI cases run the Hydra entry point
+table, what `explain.cli_exit` prints and returns); the CLI cases run the Hydra entry point
 in-process (`cli`; test_faults runs `python -m infodyn` itself), to check the exit code and that
 stderr holds one `error: ...` paragraph.
 """
@@ -25,7 +25,8 @@ from omegaconf import OmegaConf, open_dict
 
 from infodyn import pipeline
 from infodyn.data import DataConfigError
-from infodyn.errors import ConfigError, cli_exit, user_errors
+from infodyn.errors import ConfigError
+from infodyn.explain import cli_exit
 from infodyn.models import ModelConfigError
 from infodyn.pruners.base import PrunerConfigError
 
@@ -176,7 +177,7 @@ def test_bad_config_fails_before_training(
     cfg = tiny_cfg(*MRPC, *overrides)
     with pytest.raises(exc) as info:
         pipeline.run(cfg)
-    assert isinstance(info.value, user_errors()), type(info.value)
+    assert isinstance(info.value, ConfigError), type(info.value)
     _check_message(info.value, words)
     _assert_nothing_trained(Path(cfg.run_dir))
 
@@ -386,7 +387,7 @@ def test_cli_unknown_sweep_names_it(tmp_path: Path, glue_dir: Path) -> None:
 
 # -- the hostile-input table ---------------------------------------------------------------------
 # Each row: one hostile input and the words its one `error:` paragraph must hold (the input it
-# names). Every row runs in-process: `pipeline.run`, then `errors.cli_exit` as the CLI calls it,
+# names). Every row runs in-process: `pipeline.run`, then `explain.cli_exit` as the CLI calls it,
 # and checks the exit code, the paragraph, that nothing was trained and that the run dir holds
 # exactly what it held before (nothing when it did not exist).
 

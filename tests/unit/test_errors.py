@@ -1,4 +1,4 @@
-"""`explain.explain` and `errors.cli_exit` on real exceptions from transformers, Lightning, torch,
+"""`explain.explain` and `explain.cli_exit` on real exceptions from transformers, Lightning, torch,
 datasets and the OS: every known failure is one paragraph naming the input and the fix; an
 unknown one is None (its traceback stays)."""
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from infodyn import errors
-from infodyn.errors import ConfigError, TrainingDivergedError, cli_exit
-from infodyn.explain import explain
+from infodyn.errors import ConfigError, TrainingDivergedError
+from infodyn.explain import cli_exit, explain
 from tiny_models import tiny_roberta
 
 

@@ -28,10 +28,12 @@ from typing import Any
 
 from datasets import Dataset, Value
 
+from infodyn.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ConfigError):
     """Data that cannot be used as configured; the message names the input and the fix."""
 
 

@@ -15,8 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from infodyn.errors import ConfigError
 
-class PrunerConfigError(ValueError):
+
+class PrunerConfigError(ConfigError):
     """A pruner argument that cannot work; the message names the input and the fix."""
 
 
