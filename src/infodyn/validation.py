@@ -188,6 +188,27 @@ def task_labels_agree(cfg: DictConfig) -> None:
         )
 
 
+def callbacks_monitor_logged_metrics(cfg: DictConfig) -> None:
+    """A callback's `monitor` is a key training logs (Lightning finds a typo after an epoch)."""
+    from infodyn.data.datamodule import eval_split_names
+
+    task = cfg.task
+    splits = eval_split_names(task)
+    prefixes = ["val", *splits[1:]]
+    logged = [f"{p}/{m}" for p in prefixes for m in [*task.metrics, "loss"]]
+    logged += ["train/loss", "train/loss_step", "train/loss_epoch"]
+    for key, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, Mapping) or node.get("monitor") is None:
+            continue
+        monitor = str(node["monitor"])
+        if monitor not in logged:
+            raise ConfigError(
+                f"callbacks.{key}.monitor={monitor!r} is not a metric this run logs (task "
+                f"{task.name}: {', '.join(logged)}). Fix: callbacks.{key}.monitor="
+                f"val/{task.main_metric} (the task's main metric), or one of those."
+            )
+
+
 RULES: list[Callable[[DictConfig], None]] = [
     accelerator_available,
     strategy_known,
@@ -201,6 +222,7 @@ RULES: list[Callable[[DictConfig], None]] = [
     projection_fits_model_width,
     seq_length_fits_model,
     task_labels_agree,
+    callbacks_monitor_logged_metrics,
 ]
 
 

@@ -625,6 +625,18 @@ HOSTILE = [
     H("unknown keys", "+estimator.cosine.bogus=1", "estimator.cosine", "bogus"),
     # conflicts between values, caught before any training
     H("conflicts", "trainer.accelerator=mps", "trainer.accelerator=mps", "MPS"),
+    H(
+        "conflicts",
+        "callbacks=early_stopping callbacks.early_stopping.monitor=val/acuracy",
+        "callbacks.early_stopping.monitor='val/acuracy'",
+        "val/f1",
+    ),
+    H(
+        "conflicts",
+        "callbacks=model_checkpoint callbacks.model_checkpoint.monitor=val/pearson",
+        "callbacks.model_checkpoint.monitor='val/pearson'",
+        "val/accuracy",
+    ),
     H("conflicts", "trainer.accelerator=tpu", "trainer.accelerator=tpu", "TPU"),
     H("conflicts", "pruner=redundancy pruner.k=4", "pruner.k=4", "all 4 blocks"),
     H("conflicts", "pruner=redundancy pruner.k=2 pruner.protect=[0,1,2]", "pruner.protect"),
