@@ -103,7 +103,11 @@ class StageLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         at = self._offset + int(step or 0)
         self._clock.next_step = max(self._clock.next_step, at + 1)
-        self._inner.log_metrics({f"{self._stage}/{k}": v for k, v in metrics.items()}, at)
+        # the layer tracker names its keys by stage already (the HF Trainer adapter has no
+        # StageLogger): `finetune/redundancy/layer_07`, never `finetune/finetune/...`
+        prefix = f"{self._stage}/"
+        named = {(k if k.startswith(prefix) else prefix + k): v for k, v in metrics.items()}
+        self._inner.log_metrics(named, at)
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         # each stage's module has its own hparams (the recovered one lists its pruned blocks)

@@ -126,8 +126,11 @@ def test_stage_logger_forwards_to_any_logger(tmp_path) -> None:
     (lg,) = loggers.stage("recover", start_step=100)
     assert isinstance(lg, StageLogger) and lg.inner is base
     assert lg.save_dir == base.save_dir and lg.name == "csv" and lg.log_dir == base.log_dir
-    lg.log_metrics({"a": 1.0}, step=5)
+    lg.log_metrics({"a": 1.0, "recover/redundancy/layer_02": 0.5}, step=5)
     assert loggers.next_step == 106
+    lg.save()
+    (row,) = csv_rows(tmp_path / "csv" / "metrics.csv")
+    assert {k for k, v in row.items() if v} == {"step", "recover/a", "recover/redundancy/layer_02"}
     assert list(loggers) == [base] and len(loggers) == 1
     with pytest.raises(ValueError, match="stage name"):
         loggers.stage("a/b")
