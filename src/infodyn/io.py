@@ -1,7 +1,9 @@
 """Writing files so that a killed process never leaves half of one: the one home for it.
 
-Every writer goes to a temporary sibling (`.<name>.tmp-<pid>`) and renames it over the target;
-`remove_stale_temporaries` clears what a killed writer left behind.
+Every writer goes to a temporary sibling (`.<name>.tmp-<host>-<pid>`) and renames it over the
+target; `remove_stale_temporaries` clears what a killed writer left in a folder only one job uses
+(a locked run dir), `remove_orphaned_temporaries` what a dead writer left in a shared one (the
+tokenized-data cache).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,12 @@ log = logging.getLogger("infodyn")
 TMP_MARK = ".tmp-"  # every temporary this module makes has it in its name
 
 
+def _writer() -> str:
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    return path.with_name(f".{path.name}{TMP_MARK}{_writer()}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -60,11 +68,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces `path` as a whole."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}{_writer()}-", dir=out.parent))
     try:
         yield tmp
         if out.exists():
-            old = out.with_name(f".{out.name}.old{TMP_MARK}{os.getpid()}")
+            old = out.with_name(f".{out.name}.old{TMP_MARK}{_writer()}")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -92,6 +100,44 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     if gone:
         log.info("removed %d temporary file(s) a killed run left in %s", len(gone), root)
     return gone
+
+
+def remove_orphaned_temporaries(
+    folder: str | os.PathLike, max_age_s: float = 86400.0
+) -> list[Path]:
+    """In a folder several jobs write to, remove the temporaries whose writer is dead.
+
+    A temporary of this host whose pid is gone is removed at once; one of another host (a
+    cluster's shared disk, where its pid means nothing here) only when older than `max_age_s`.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    host = socket.gethostname().split(".")[0]
+    gone = []
+    for p in sorted(root.glob(f".*{TMP_MARK}*")):
+        writer = p.name.split(TMP_MARK, 1)[1]
+        pid = writer[len(host) + 1 :].split("-")[0] if writer.startswith(f"{host}-") else ""
+        if pid.isdigit():
+            dead = not _alive(int(pid))
+        else:
+            dead = time.time() - p.lstat().st_mtime > max_age_s
+        if dead:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            gone.append(p)
+    if gone:
+        log.info("removed %d temporary file(s) that dead writers left in %s", len(gone), root)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _json_default(obj: Any) -> Any:

@@ -269,3 +269,37 @@ def test_cache_writes_leave_no_temporaries(tmp_path, tokenizer):
     assert not [n for n in names if ".tmp-" in n]
     record = json.loads((_arrow(tmp_path / "cache").parent / MANIFEST).read_text())
     assert record["rows"] == 6 and all(len(m["sha256"]) == 64 for m in record["files"].values())
+
+
+def test_a_dead_writers_cache_temporaries_go_on_the_next_start(tmp_path, tokenizer):
+    """A tokenization killed mid-write leaves a folder; a live (parallel) writer's stays."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "glue"
+    write_glue_task(root, "rte", n_train=6, n_dev=3)
+    make_dm("rte", root, tmp_path, tokenizer).setup("fit")
+    split_dir = _arrow(tmp_path / "cache").parent
+    host = socket.gethostname().split(".")[0]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    killed = split_dir.with_name(f".{split_dir.name}.tmp-{host}-{dead}-x1")
+    live = split_dir.with_name(f".{split_dir.name}.tmp-{host}-{os.getpid()}-x2")
+    foreign_new = split_dir.with_name(f".{split_dir.name}.tmp-othernode-{dead}-x3")
+    foreign_old = split_dir.with_name(f".{split_dir.name}.tmp-othernode-{dead}-x4")
+    for p in (killed, live, foreign_new, foreign_old):
+        p.mkdir()
+        (p / "data-00000-of-00001.arrow").write_bytes(b"half")
+    day_ago = time.time() - 2 * 86400
+    os.utime(foreign_old, (day_ago, day_ago))
+
+    make_dm("rte", root, tmp_path, tokenizer).setup("fit")  # a cache hit: nothing rewritten
+    assert not killed.exists() and not foreign_old.exists()
+    assert live.exists() and foreign_new.exists()
