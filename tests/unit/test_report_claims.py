@@ -94,3 +94,24 @@ def test_infodyn_report_writes_claims_md(tmp_path: Path) -> None:
     assert "(L=6: layers 2–4)" in md and "peak layers 3, 3, 3; band 2–4" in md
     assert "## (d) Redundancy pruning beats knowledge entropy, LayerDrop and SlimLLM: " \
         "**undecided (no runs)**" in md  # fmt: skip
+
+
+def test_a_task_left_out_of_table1_is_shown_but_not_counted(tmp_path: Path) -> None:
+    _pruned(tmp_path, "redundancy", [0.66, 0.67, 0.65])
+    _pruned(tmp_path, "knowledge_entropy", [0.55, 0.57, 0.54])
+    for seed, v in enumerate([0.40, 0.42, 0.41]):  # on MRPC redundancy clearly loses to KE
+        for pruner, value in (("redundancy", v), ("knowledge_entropy", v + 0.3)):
+            data = results("mrpc", pruner, seed)
+            data["metrics"] = {"final": {"f1": value}}
+            write_job(tmp_path, data)
+    runs, _ = report.collect([tmp_path])
+    counted = {c["id"]: c for c in claims.evaluate_claims(runs)}["d"]
+    assert counted["verdict"] == "not supported"
+    why = "unpruned f1 0.70 is below the target 0.85"
+    left_out = {c["id"]: c for c in claims.evaluate_claims(runs, excluded={"mrpc": why})}["d"]
+    (mrpc,) = [
+        i for i in left_out["items"] if i["what"].startswith("MRPC") and "Knowledge" in i["what"]
+    ]
+    assert mrpc["verdict"] == f"not counted (not supported; {why})" and mrpc["n"] == 3
+    assert left_out["verdict"] != "not supported"  # RTE's items alone decide it
+    assert "not supported" not in left_out["verdict"]

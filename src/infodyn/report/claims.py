@@ -10,7 +10,7 @@ on every item (the paper states each as universal across tasks); one item agains
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ STABLE_RHO = 0.8  # consecutive epochs rank the layers alike: strong rank agreem
 FINAL_R, FINAL_DECADES = 1e-3, 1.0  # "near 1e-3": within a factor of 10
 BASELINES = (("knowledge_entropy",), ("layerdrop_random", "layerdrop"), ("slimllm",))
 SUPPORTED, REFUTED = "supported", "not supported"
+NOT_COUNTED = "not counted"  # a task left out of Table 1: shown, not in the verdict
 
 
 def band(depth: int) -> tuple[int, int]:
@@ -54,7 +55,9 @@ def decide(
 def overall(items: Sequence[dict[str, Any]]) -> str:
     if not items:
         return "undecided (no runs)"
-    verdicts = [i["verdict"] for i in items]
+    verdicts = [i["verdict"] for i in items if not i["verdict"].startswith(NOT_COUNTED)]
+    if not verdicts:
+        return "undecided (no task counted)"
     if REFUTED in verdicts:
         return REFUTED
     if all(v == SUPPORTED for v in verdicts):
@@ -162,8 +165,15 @@ def claim_final_layer(runs: Sequence[Run], estimator: str = "cosine") -> dict[st
     }
 
 
-def claim_pruning(runs: Sequence[Run], stage: str = "final") -> dict[str, Any]:
-    """(d) redundancy pruning beats KE, LayerDrop and SlimLLM: paired (redundancy − baseline)."""
+def claim_pruning(
+    runs: Sequence[Run], stage: str = "final", excluded: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """(d) redundancy pruning beats KE, LayerDrop and SlimLLM: paired (redundancy − baseline).
+
+    A task in `excluded` (left out of Table 1, e.g. its unpruned model below its target) keeps
+    its numbers but is not counted in the verdict, so the claim judges what the table shows.
+    """
+    excluded = excluded or {}
     cells = cell_values(runs, stage)
     items = []
     for task in tasks_of(runs):
@@ -173,6 +183,8 @@ def claim_pruning(runs: Sequence[Run], stage: str = "final") -> dict[str, Any]:
             for base in present or family[:1]:
                 p = paired(ours, cells.get((base, task), {}))
                 verdict = decide(p["diffs"], lambda c: c.low > 0, lambda c: c.high < 0)
+                if task in excluded:
+                    verdict = (f"{NOT_COUNTED} ({verdict[0]}; {excluded[task]})", verdict[1])
                 what = f"{task_label(task)}: {label(REFERENCE)} − {label(base)}"
                 items.append(_item(what, p["diffs"], verdict))
     return {
@@ -187,14 +199,17 @@ def claim_pruning(runs: Sequence[Run], stage: str = "final") -> dict[str, Any]:
 
 
 def evaluate_claims(
-    runs: Sequence[Run], stage: str = "final", estimator: str = "cosine"
+    runs: Sequence[Run],
+    stage: str = "final",
+    estimator: str = "cosine",
+    excluded: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The four claims, each with its items and `verdict` (overall)."""
+    """The four claims, each with its items and `verdict` (overall); `excluded`: see (d)."""
     claims = [
         claim_shape(runs, estimator),
         claim_stability(runs, estimator),
         claim_final_layer(runs, estimator),
-        claim_pruning(runs, stage),
+        claim_pruning(runs, stage, excluded),
     ]
     for c in claims:
         c["verdict"] = overall(c["items"])

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records, notes = fidelity_records(runs)
     fid = fidelity_table(records)
     written += write_fidelity(fid, notes, out_dir)
-    claims = evaluate_claims(runs, args.stage, args.estimator)
+    claims = evaluate_claims(runs, args.stage, args.estimator, excluded)
     written.append(
         atomic_write_text(out_dir / "claims.md", claims_markdown(claims, args.estimator))
     )
