@@ -13,6 +13,7 @@ from report_runs import results, write_job
 
 CAP = [None, 0.2, 0.3, 0.25, 0.1, 0.001]  # ∩ over 6 blocks, peak at layer 3, last R = 1e-3
 RISING = [None, 0.1, 0.2, 0.3, 0.4, 0.5]
+FALLING = [None, 0.3, 0.25, 0.2, 0.1, 0.05]  # peak at the first scored layer, inside the band
 
 
 def write_profiles(root: Path, shape, seeds=(0, 1, 2), epochs=3, flip=False, task="rte"):
@@ -44,7 +45,7 @@ def test_cap_shaped_stable_profile_with_a_quiet_last_layer(tmp_path: Path) -> No
         assert got[cid]["verdict"] == "supported", got[cid]["items"]
     (item,) = got["a"]["items"]
     assert item["n"] == 3 and item["peaks"] == [3, 3, 3] and item["band"] == (2, 4)
-    assert item["mean"] == pytest.approx(0.2, abs=0.02) and item["ci"].low > 0
+    assert item["mean"] == pytest.approx(0.1, abs=0.02) and item["ci"].low > 0  # 0.3 − 0.2
     (item,) = got["c"]["items"]
     assert item["mean"] == pytest.approx(-3, abs=0.05)  # log10 R of the last block
     assert got["d"]["verdict"] == "undecided (no runs)"
@@ -115,3 +116,12 @@ def test_a_task_left_out_of_table1_is_shown_but_not_counted(tmp_path: Path) -> N
     assert mrpc["verdict"] == f"not counted (not supported; {why})" and mrpc["n"] == 3
     assert left_out["verdict"] != "not supported"  # RTE's items alone decide it
     assert "not supported" not in left_out["verdict"]
+
+
+def test_a_profile_falling_from_the_first_scored_layer_is_no_cap(tmp_path: Path) -> None:
+    """At L=6 the band is layers 2-4 and layer 2 is the first scored one: that end is no peak."""
+    got = by_id(write_profiles(tmp_path, FALLING))
+    (item,) = got["a"]["items"]
+    assert item["peaks"] == [2, 2, 2] and item["band"] == (2, 4)
+    assert got["a"]["verdict"] == "not supported"
+    assert item["mean"] == pytest.approx(0.25 - 0.3, abs=0.02)

@@ -80,7 +80,12 @@ def _stacks(runs: Sequence[Run], estimator: str):
 
 
 def claim_shape(runs: Sequence[Run], estimator: str = "cosine") -> dict[str, Any]:
-    """(a) ∩-shaped, peak in the middle: per seed d = max R in the band − max R outside it."""
+    """(a) ∩-shaped, peak in the middle: per seed d = max R in the band − max R at the ends.
+
+    The ends are the layers outside the band and the first and last *scored* layers: with
+    block 0 unscored (the paper's setting) the first scored layer can fall inside a shallow
+    model's band, and a profile that only falls from it is no ∩.
+    """
     items, depths = [], set()
     for task, (stack, layers, _) in _stacks(runs, estimator):
         depth = int(layers.max()) + 1
@@ -90,9 +95,14 @@ def claim_shape(runs: Sequence[Run], estimator: str = "cosine") -> dict[str, Any
         diffs, peaks = [], []
         for prof in stack[:, -1, :]:  # each seed's last fine-tuning epoch
             ok = np.isfinite(prof)
-            if not (ok & inside).any() or not (ok & ~inside).any():
+            middle = ok & inside
+            scored = np.flatnonzero(ok)
+            if scored.size:
+                middle[[scored[0], scored[-1]]] = False
+            ends = ok & ~middle
+            if not middle.any() or not ends.any():
                 continue
-            diffs.append(float(prof[ok & inside].max() - prof[ok & ~inside].max()))
+            diffs.append(float(prof[middle].max() - prof[ends].max()))
             peaks.append(int(layers[ok][np.argmax(prof[ok])]) + 1)
         verdict = decide(diffs, lambda c: c.low > 0, lambda c: c.high < 0)
         items.append(_item(task_label(task), diffs, verdict, peaks=peaks, band=(lo, hi)))
@@ -104,9 +114,9 @@ def claim_shape(runs: Sequence[Run], estimator: str = "cosine") -> dict[str, Any
         "layers of the model (typically layers 3 to 8)" + f" [of {PAPER_DEPTH}]",
         "method": "Band scaled to depth L as 1-based layers ⌈3L/12⌉…⌊8L/12⌋ "
         f"({bands or 'no runs'}). Per seed, last fine-tuning epoch: d = max R inside the "
-        "band − max R outside it; a ∩ "
-        "with its peak in the band ⇔ d > 0 (the ends lie outside). Supported if the t-interval "
-        "of d is above 0. Peak = 1-based layer of the maximum, per seed.",
+        "band − max R at the ends (the layers outside the band and the first and last scored "
+        "layers); a ∩ with its peak in the band ⇔ d > 0. Supported if the t-interval of d is "
+        "above 0. Peak = 1-based layer of the maximum, per seed.",
         "items": items,
     }
 
