@@ -26,8 +26,12 @@ log = logging.getLogger("infodyn")
 TMP_MARK = ".tmp-"  # every temporary this module makes has it in its name
 
 
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
 def _writer() -> str:
-    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    return f"{_host()}-{os.getpid()}"
 
 
 def _tmp_name(path: Path) -> Path:
@@ -84,22 +88,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries a killed writer left under `folder`; returns what went."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    gone = []
-    for p in sorted(root.rglob(f".*{TMP_MARK}*")):
-        if not p.exists():  # inside a temporary folder removed just before
-            continue
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        gone.append(p)
-    if gone:
-        log.info("removed %d temporary file(s) a killed run left in %s", len(gone), root)
-    return gone
+    """Remove every temporary under `folder` (one only this job writes to); returns what went."""
+    return _remove_temporaries(Path(folder), recursive=True, dead=lambda p: True)
 
 
 def remove_orphaned_temporaries(
@@ -110,23 +100,33 @@ def remove_orphaned_temporaries(
     A temporary of this host whose pid is gone is removed at once; one of another host (a
     cluster's shared disk, where its pid means nothing here) only when older than `max_age_s`.
     """
-    root = Path(folder)
+    mine = f"{_host()}-"
+
+    def dead(p: Path) -> bool:
+        writer = p.name.split(TMP_MARK, 1)[1]
+        pid = writer.removeprefix(mine).split("-")[0] if writer.startswith(mine) else ""
+        if pid.isdigit():
+            return not _alive(int(pid))
+        return time.time() - p.lstat().st_mtime > max_age_s
+
+    return _remove_temporaries(Path(folder), recursive=False, dead=dead)
+
+
+def _remove_temporaries(root: Path, recursive: bool, dead: Callable[[Path], bool]) -> list[Path]:
     if not root.is_dir():
         return []
-    host = socket.gethostname().split(".")[0]
+    found = root.rglob(f".*{TMP_MARK}*") if recursive else root.glob(f".*{TMP_MARK}*")
     gone = []
-    for p in sorted(root.glob(f".*{TMP_MARK}*")):
-        writer = p.name.split(TMP_MARK, 1)[1]
-        pid = writer[len(host) + 1 :].split("-")[0] if writer.startswith(f"{host}-") else ""
-        if pid.isdigit():
-            dead = not _alive(int(pid))
+    for p in sorted(found):
+        if not p.exists() or not dead(p):  # `not exists`: inside a folder removed just before
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
         else:
-            dead = time.time() - p.lstat().st_mtime > max_age_s
-        if dead:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            gone.append(p)
+            p.unlink(missing_ok=True)
+        gone.append(p)
     if gone:
-        log.info("removed %d temporary file(s) that dead writers left in %s", len(gone), root)
+        log.info("removed %d temporary file(s) that killed writers left in %s", len(gone), root)
     return gone
 
 

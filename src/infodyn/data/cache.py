@@ -19,7 +19,7 @@ from typing import Any
 
 from datasets import Dataset, load_from_disk
 
-from infodyn.io import atomic_dir, atomic_write_json, read_json, remove_orphaned_temporaries
+from infodyn.io import atomic_dir, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,6 @@ def _problem(path: Path) -> str | None:
 
 def load_cached(path: Path) -> Dataset | None:
     """The cached split at `path`, or None when absent; a corrupt one is logged and ignored."""
-    remove_orphaned_temporaries(path.parent)  # what a killed tokenization left half-written
     if not path.exists():
         return None
     why = _problem(path)

@@ -30,6 +30,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from infodyn.data.cache import cache_path, load_cached, save_cached, tokenizer_id
 from infodyn.data.formats import DataConfigError, fix_hint, label_feature, read_tsv, sentence_keys
 from infodyn.data.hub import HUB_DATASET, read_hub
+from infodyn.io import remove_orphaned_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,12 @@ class GlueDataModule(pl.LightningDataModule):
     def validate(self) -> None:
         """Check every input and read the raw rows; raises `DataConfigError` on the first problem.
 
-        Cheap enough to call before training: it reads the files but tokenizes nothing.
+        Cheap enough to call before training: it reads the files but tokenizes nothing. Once per
+        datamodule it also clears what a killed tokenization left half-written in the cache.
         """
         if self._validated:
             return
+        remove_orphaned_temporaries(self.cache_dir)
         self._check_lengths()
         self._check_eval_splits()
         if self.glue_dir is not None:
