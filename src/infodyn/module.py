@@ -19,6 +19,22 @@ from infodyn.metrics import build_metrics
 from infodyn.models import ModelConfigError, build_model
 
 
+def split_prefix(eval_split_names: Sequence[str], idx: int) -> str:
+    """Where eval split `idx` logs: `val/<metric>` for the first, `<split>/<metric>` for others."""
+    return "val" if idx == 0 else str(eval_split_names[idx])
+
+
+def logged_keys(task: Mapping[str, Any], eval_split_names: Sequence[str]) -> list[str]:
+    """Every metric key a training stage logs: what a callback may `monitor`."""
+    keys = [
+        f"{split_prefix(eval_split_names, idx)}/{name}"
+        for idx in range(len(eval_split_names))
+        for name in [*task["metrics"], "loss"]
+    ]
+    # `train/loss` is logged on step and on epoch: Lightning adds the two forked names
+    return [*keys, "train/loss", "train/loss_step", "train/loss_epoch"]
+
+
 def _plain(obj: Any) -> Any:
     """OmegaConf containers -> plain Python (hyper-parameters must pickle and YAML cleanly)."""
     try:
@@ -171,7 +187,7 @@ class GlueClassifier(pl.LightningModule):
             metrics.reset()
 
     def _split_prefix(self, idx: int) -> str:
-        return "val" if idx == 0 else self.eval_split_names[idx]
+        return split_prefix(self.eval_split_names, idx)
 
     # -- optimisation
     def configure_optimizers(self) -> dict[str, Any]:

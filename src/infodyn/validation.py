@@ -191,12 +191,10 @@ def task_labels_agree(cfg: DictConfig) -> None:
 def callbacks_monitor_logged_metrics(cfg: DictConfig) -> None:
     """A callback's `monitor` is a key training logs (Lightning finds a typo after an epoch)."""
     from infodyn.data.datamodule import eval_split_names
+    from infodyn.module import logged_keys
 
     task = cfg.task
-    splits = eval_split_names(task)
-    prefixes = ["val", *splits[1:]]
-    logged = [f"{p}/{m}" for p in prefixes for m in [*task.metrics, "loss"]]
-    logged += ["train/loss", "train/loss_step", "train/loss_epoch"]
+    logged = logged_keys(task, eval_split_names(task))
     for key, node in (cfg.get("callbacks") or {}).items():
         if not isinstance(node, Mapping) or node.get("monitor") is None:
             continue
