@@ -14,8 +14,10 @@ loss are exactly what a model built with those blocks removed would give.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+import time
 from collections.abc import Callable, Iterable, Mapping
 from itertools import combinations
 from typing import Any
@@ -34,9 +36,12 @@ from infodyn.pruners.base import (
 )
 from infodyn.results import Oracle, OracleSubset
 
+log = logging.getLogger("infodyn")
+
 Evaluate = Callable[[nn.Module, list[dict]], Mapping[str, float]]
 DEFAULT_BUDGET = 2.0e7  # example x block forwards
 OBJECTIVES = ("metric", "loss")
+PROGRESS_EVERY_S = 60.0  # a 12 -> 8 search runs for most of an hour on a CPU: say how far it is
 
 
 class OracleError(RuntimeError):
@@ -151,7 +156,13 @@ class SubsetEvaluator:
     call). `evaluate_fn` must run the model in eval mode over the given batches (any order).
     """
 
-    def __init__(self, model: nn.Module, batches: list[dict], evaluate_fn: Evaluate) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: list[dict],
+        evaluate_fn: Evaluate,
+        total: int | None = None,
+    ) -> None:
         self.model = model
         self.batches = require_batches(batches)
         self.evaluate_fn = evaluate_fn
@@ -165,6 +176,9 @@ class SubsetEvaluator:
         self._current = 0  # the forward being evaluated (found from its embedding output)
         self._unpruned: dict[str, float] | None = None
         self._was_training = model.training
+        self.total = total  # evaluations expected, for the progress line's ETA (None: unknown)
+        self.done = 0
+        self._t0 = self._last_log = time.monotonic()
 
     def __enter__(self) -> SubsetEvaluator:
         self.model.eval()  # dropout off: cached states are what each later forward computes
@@ -210,11 +224,28 @@ class SubsetEvaluator:
         setattr(self.parent, self.attr, nn.ModuleList(head + kept))
         try:
             with torch.no_grad():
-                return _as_result(self.evaluate_fn(self.model, self.batches))
+                result = _as_result(self.evaluate_fn(self.model, self.batches))
         finally:
             for h in handles:
                 h.remove()
             setattr(self.parent, self.attr, self.blocks)
+        self._progress()
+        return result
+
+    def _progress(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last_log < PROGRESS_EVERY_S:
+            return
+        self._last_log, took = now, now - self._t0
+        if self.total:
+            eta = took / self.done * max(self.total - self.done, 0)
+            log.info(
+                "oracle: %d/%d removals evaluated in %.0fs, ETA %.0fs",
+                self.done, self.total, took, eta,
+            )  # fmt: skip
+        else:
+            log.info("oracle: %d removals evaluated in %.0fs", self.done, took)
 
     def forget(self, layers: Iterable[int]) -> None:
         """Free the states `keep_states=True` cached for `layers`."""
@@ -368,9 +399,10 @@ def evaluate_subsets(
     )
     keep = set(protect)
     free = [b for b in range(num_layers) if b not in keep]
-    with SubsetEvaluator(model, batches, evaluate_fn) as ev:
+    exhaustive = k > 1 and beam is None
+    total = num_layers + (math.comb(len(free), k) if exhaustive else 0)
+    with SubsetEvaluator(model, batches, evaluate_fn, total if beam is None else None) as ev:
         unpruned = _subset([], ev.unpruned())
-        exhaustive = k > 1 and beam is None
         single, subsets = [], []
         for b in range(num_layers):
             extend = exhaustive and b not in keep  # subsets starting at b start from its states

@@ -107,6 +107,26 @@ def test_cost_estimate_counts_the_block_forwards_it_runs(L, k, protect):
     assert counter["n"] < naive  # blocks before the first removed one are never rerun
 
 
+@pytest.mark.parametrize(("protect", "beam"), [((), None), ((1,), None), ((), 2)])
+def test_a_long_search_says_how_far_it_is(protect, beam, monkeypatch, caplog):
+    import infodyn.oracle as oracle_mod
+
+    monkeypatch.setattr(oracle_mod, "PROGRESS_EVERY_S", 0.0)
+    caplog.set_level("INFO", logger="infodyn")
+    model = tiny("bert", layers=5)
+    oracle = evaluate_subsets(
+        model, labelled_batches(), 2, plain_evaluate, protect=protect, beam=beam
+    )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("oracle: ")]
+    evaluated = len(oracle.single) + (len(oracle.subsets) if beam is None else 0)
+    if beam is None:  # the total is known up front, so the last line is the whole count
+        assert lines[-1].startswith(f"oracle: {evaluated}/{evaluated} removals evaluated in ")
+        assert "ETA 0s" in lines[-1]
+    else:  # a beam's size depends on what it finds: a count, no ETA
+        assert all("ETA" not in line for line in lines)
+        assert len(lines) >= evaluated
+
+
 def test_protect_keeps_blocks_out_of_every_subset():
     model = tiny("roberta", layers=5)
     oracle = evaluate_subsets(model, labelled_batches(), 2, plain_evaluate, protect=[0, 3])
