@@ -315,6 +315,18 @@ def test_mid_epoch_state_keeps_the_update_counts():
     assert None not in hist["cosine"]["redundancy"][0]
 
 
+def test_an_epoch_whose_every_batch_had_a_layerdrop_hole_says_so(caplog):
+    from infodyn.estimators.callback import record_epoch
+    from infodyn.estimators.knowledge_entropy import KnowledgeEntropy
+
+    hist: dict = {}
+    with caplog.at_level("WARNING", logger="infodyn"):
+        record_epoch(hist, {"knowledge_entropy": KnowledgeEntropy()}, 8, "finetune epoch 2")
+    (msg,) = [r.getMessage() for r in caplog.records if "saw no batch" in r.getMessage()]
+    assert "finetune epoch 2 (LayerDrop skipped a block in all 8 of its batches" in msg
+    assert hist["knowledge_entropy"]["incomplete_batches"] == [8]  # a gap, not a crash
+
+
 def test_probe_estimator_reference_and_epochs():
     probe = loader(random_examples(8, seed=5))
     module = PlainClassifier(lr=1e-2)

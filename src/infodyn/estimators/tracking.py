@@ -113,10 +113,18 @@ def record_epoch(
         entry = stage_hist.setdefault(key, {"layers": None})
         if est.input_kind != "probe" and getattr(est, "_update_count", 1) == 0:
             # e.g. every batch of the epoch had a LayerDrop hole: record a gap, not a crash
-            log.warning("estimator %s saw no batch in %s; its values are null.", key, where)
+            why = ""
+            if est.input_kind == "ffn_activations" and incomplete_ffn_batches:
+                why = (
+                    f" (LayerDrop skipped a block in all {int(incomplete_ffn_batches)} of its "
+                    "batches, and such a batch has no complete FFN profile)"
+                )
+            log.warning("estimator %s saw no batch in %s%s; its values are null.", key, where, why)
             for series, values in entry.items():  # keep one entry per epoch in every series
-                if series != "layers":
+                if series not in ("layers", "incomplete_batches"):
                     values.append(None)
+            if est.input_kind == "ffn_activations":  # why the epoch is a gap stays on record
+                entry.setdefault("incomplete_batches", []).append(int(incomplete_ffn_batches))
             continue
         for series, value in est.summary().items():
             if isinstance(value, Tensor) and value.ndim == 1:
