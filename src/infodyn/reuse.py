@@ -55,9 +55,15 @@ LATER = {
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as {dotted key: leaf value}, inert keys left out."""
+    from infodyn.metrics import METRIC_REVISIONS
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, Any] = {}
     _flatten(plain, "", out)
+    task = plain.get("task") if isinstance(plain, dict) else None
+    for name in (task or {}).get("metrics") or ():
+        if name in METRIC_REVISIONS:  # a record made before the metric's fix is stale
+            out[f"metric_revision.{name}"] = METRIC_REVISIONS[name]
     return {k: v for k, v in out.items() if not _under(k, INERT)}
 
 

@@ -112,3 +112,14 @@ def test_what_affects_which_stage(tiny_cfg):
     # a LayerDrop-style training signature is part of the fine-tune's identity
     assert stage_config(cfg, "finetune", {"p": 0.2}) != stage_config(cfg, "finetune")
     assert "logger.name" not in flat_config(tiny_cfg(*FAST, "logger=csv"))
+
+
+def test_a_record_made_before_a_metric_fix_is_not_reused(tiny_cfg):
+    # CoLA's MCC of a constant prediction changed (eps value -> 0): its old records are stale
+    cola = stage_config(tiny_cfg("task=cola"), "finetune")
+    assert cola["metric_revision.matthews"].startswith("undefined-is-0")
+    assert not any(k.startswith("metric_revision") for k in flat_config(tiny_cfg("task=mrpc")))
+    old = {k: v for k, v in cola.items() if not k.startswith("metric_revision")}
+    assert differences(old, cola) == [
+        "metric_revision.matthews: (unset) -> 'undefined-is-0 (GLUE/sklearn)'"
+    ]

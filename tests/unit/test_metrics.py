@@ -50,6 +50,52 @@ def test_matthews_by_formula_and_accumulates_over_batches():
     assert out["accuracy"].item() == pytest.approx(0.7)
 
 
+def glue_mcc(preds: list[int], labels: list[int], n: int) -> float:
+    """MCC from the confusion matrix (Gorodkin's R_K), 0 where the denominator is 0 (sklearn's,
+    hence GLUE's, convention)."""
+    c = torch.zeros(n, n, dtype=torch.float64)
+    for y, p in zip(labels, preds, strict=True):
+        c[y, p] += 1
+    s, t, pk = c.sum(), c.sum(1), c.sum(0)
+    den = math.sqrt(float(s**2 - (pk**2).sum())) * math.sqrt(float(s**2 - (t**2).sum()))
+    return 0.0 if den == 0 else float(c.trace() * s - (t * pk).sum()) / den
+
+
+@pytest.mark.parametrize("task", ["cola", "mnli"])
+@pytest.mark.parametrize(
+    "case", ["constant prediction", "one label only", "both constant", "mixed"]
+)
+def test_matthews_of_a_constant_prediction_is_zero_as_in_glue(task, case):
+    # torchmetrics 1.9 gives an all-"acceptable" CoLA prediction 0.0256 (eps), GLUE gives 0
+    n = 3 if task == "mnli" else 2
+    gen = torch.Generator().manual_seed(len(case) + n)
+    labels = torch.randint(0, n, (40,), generator=gen).tolist()
+    preds = torch.randint(0, n, (40,), generator=gen).tolist()
+    if case in ("constant prediction", "both constant"):
+        preds = [1] * 40
+    if case in ("one label only", "both constant"):
+        labels = [1] * 40
+    cfg = task_cfg(task)
+    cfg.metrics = ["accuracy", "matthews"]
+    out = build_metrics(cfg)(one_hot_logits(preds, n), torch.tensor(labels))
+    assert out["matthews"].item() == pytest.approx(glue_mcc(preds, labels, n), abs=1e-6)
+    if case != "mixed":
+        assert out["matthews"].item() == 0.0
+
+
+def test_the_constant_baseline_is_the_best_single_class():
+    from infodyn.metrics import constant_baseline
+
+    mrpc = constant_baseline(task_cfg("mrpc"), [1] * 7 + [0] * 3)
+    assert mrpc["f1"] == pytest.approx(2 * 7 / (2 * 7 + 3))  # all "equivalent"
+    assert mrpc["accuracy"] == pytest.approx(0.7)
+    cola = constant_baseline(task_cfg("cola"), [0] * 4 + [1] * 6)
+    assert cola == {"matthews": 0.0, "accuracy": pytest.approx(0.6)}  # MCC ties: by accuracy
+    assert constant_baseline(task_cfg("stsb"), [0.5, 4.0]) == {"pearson": 0.0, "spearman": 0.0}
+    with pytest.raises(ValueError, match="no labels"):
+        constant_baseline(task_cfg("sst2"), [])
+
+
 def test_multiclass_accuracy_mnli():
     m = build_metrics(task_cfg("mnli"))
     preds = [0, 1, 2, 2, 1, 0]
