@@ -238,6 +238,13 @@ class GlueDataModule(pl.LightningDataModule):
         idx = np.sort(rng.permutation(len(ds))[: int(limit)])
         return ds.select(idx.tolist())
 
+    def eval_labels(self, split: str | None = None) -> list:
+        """The labels of an eval split (default: the main one) exactly as evaluated - the same
+        seeded `eval_limit` subset - read without tokenizing, so the tokenizer may be None."""
+        self.validate()
+        split = split or self.eval_split_names[0]
+        return list(self._subsample(self.raw_datasets[split], self.eval_limit)["labels"])
+
     def _tokenize(self, batch: dict[str, list]) -> dict[str, list]:
         texts = [batch[k] for k in sentence_keys(self.task)]
         return self.tokenizer(*texts, truncation=True, max_length=self.max_seq_length)
