@@ -131,7 +131,8 @@ def constant_baseline(task: Mapping[str, Any], labels: Sequence[float]) -> dict[
     Classification: one class for every example, the class with the highest main metric, ties
     broken by the task's other metrics in order, then the lower class id (CoLA: every constant
     has MCC 0, so the majority class by accuracy) - on MRPC that is "equivalent" for all.
-    Regression: a constant correlates with nothing, so Pearson and Spearman are 0 (torchmetrics would give NaN).
+    Regression: a constant correlates with nothing, so Pearson and Spearman are 0 (torchmetrics
+    would give NaN).
     """
     names = list(task["metrics"])
     if bool(task.get("is_regression", False)):
