@@ -23,6 +23,7 @@ from infodyn.report.checks import (
     parse_targets,
 )
 from infodyn.report.claims import claims_markdown, evaluate_claims
+from infodyn.report.constant import constant_cells, not_above_constant, with_constant
 from infodyn.report.discovery import NoRunsError, Run, collect, sweeps_of
 from infodyn.report.fidelity import fidelity_records, fidelity_table
 from infodyn.report.figures import fidelity_figure, render_figures
@@ -106,11 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for title, lines in problems.items():
         _loud(title, lines)
 
-    rows = table1(runs, args.stage)
+    rows = with_constant(table1(runs, args.stage), *constant_cells(runs))
     paired = {ref: paired_comparison(runs, args.stage, ref) for ref in PAIRED_REFERENCES}
     paired = {ref: p for ref, p in paired.items() if any(r.pruner == ref for r in runs)}
     runner_up = best_vs_runner_up(rows, cell_values(runs, args.stage))
-    excluded = below_target(rows, targets)
+    excluded = not_above_constant(rows)
+    for task, why in below_target(rows, targets).items():
+        excluded[task] = f"{excluded[task]}; {why}" if task in excluded else why
     written = write_table1(
         rows, paired, runner_up, out_dir, args.stage, problems, excluded, args.percent
     )

@@ -6,8 +6,10 @@ GLUE_ORDER = ("mnli", "mrpc", "sst2", "cola", "qnli", "qqp", "rte", "stsb")
 BASELINE = "none"  # the unpruned row every criterion is compared with
 REFERENCE = "redundancy"  # the paper's criterion
 ORACLE = "oracle"  # the best subset on a selection split: an upper bound, not a contender
-# Rows that are references, never "best": the unpruned model and the oracle's upper bound.
-NOT_CONTENDERS = frozenset({BASELINE, ORACLE})
+CONSTANT = "constant"  # the best label-blind prediction: the floor a model must clear
+# Rows that are references, never "best": the unpruned model, the oracle's upper bound and the
+# constant predictor's floor.
+NOT_CONTENDERS = frozenset({BASELINE, ORACLE, CONSTANT})
 
 CRITERION_LABELS = {
     "redundancy": "Redundancy (ours)",
@@ -18,6 +20,7 @@ CRITERION_LABELS = {
     "last_k": "Last-k",
     ORACLE: "Oracle (best subset)",
     BASELINE: "Unpruned",
+    CONSTANT: "Constant predictor",
 }
 TASK_LABELS = {
     "mnli": "MNLI",
@@ -68,5 +71,5 @@ def task_key(task: str) -> tuple[int, str]:
 
 
 def criterion_key(name: str) -> tuple[int, str]:
-    """`none`, `redundancy`, the rest alphabetically, the oracle last."""
-    return ({BASELINE: 0, REFERENCE: 1, ORACLE: 3}.get(name, 2), name)
+    """`none`, the constant predictor, `redundancy`, the rest alphabetically, the oracle last."""
+    return ({BASELINE: 0, CONSTANT: 1, REFERENCE: 2, ORACLE: 4}.get(name, 3), name)

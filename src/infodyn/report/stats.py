@@ -164,7 +164,8 @@ def paired_comparison(
     return out
 
 
-def _summary(by_seed: Mapping[Seed, float]) -> dict[str, Any]:
+def summarize(by_seed: Mapping[Seed, float]) -> dict[str, Any]:
+    """n, seeds, values (in seed order), mean and sample std of `{seed: value}`."""
     seeds = sorted(by_seed, key=_seed_key)
     values = [by_seed[s] for s in seeds]
     mean, std = mean_std(values)
@@ -198,12 +199,12 @@ def table1(runs: Sequence[Run], stage: str = "final") -> list[dict[str, Any]]:
             mine = [r for r in runs if r.task == task and r.pruner == crit]
             row = {"criterion": crit, "label": label(crit), "task": task, "metric": main}
             row["stage"] = ",".join(sorted(used.get((crit, task), {stage})))
-            row.update(_summary(cells.get((crit, task), {})))
+            row.update(summarize(cells.get((crit, task), {})))
             row["few"] = 0 < row["n"] < FEW_SEEDS
-            row["metrics"] = {main: _summary(cells.get((crit, task), {}))}
+            row["metrics"] = {main: summarize(cells.get((crit, task), {}))}
             for m in task_metrics(task, main):
                 if m != main:
-                    row["metrics"][m] = _summary(extra[m].get((crit, task), {}))
+                    row["metrics"][m] = summarize(extra[m].get((crit, task), {}))
             params = [
                 r.result.num_parameters_after
                 if r.result.num_parameters_after is not None or crit != BASELINE

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from infodyn.io import atomic_write_text
+from infodyn.report.constant import at_or_below_constant
 from infodyn.report.names import (
     BASELINE,
+    CONSTANT,
     REFERENCE,
     criterion_key,
     label,
@@ -22,6 +24,7 @@ from infodyn.report.stats import BOOTSTRAP_MIN_N, FEW_SEEDS, T_METHOD
 
 DASH = "–"
 FEW_MARK = "†"
+FLOOR_MARK = "°"
 
 
 def fmt(x: float | None, scale: float = 1.0, digits: int = 4, sign: bool = False) -> str:
@@ -96,16 +99,21 @@ def table1_markdown(
     """The Markdown of Table 1; `paired` maps a reference criterion to its comparison rows."""
     scale, digits = (100.0, 2) if percent else (1.0, 4)
     tasks, crits, at, metrics = _layout(rows, excluded)
+    floor = at_or_below_constant(rows)
     head = [f"{task_label(t)} ({'/'.join(map(metric_label, metrics[t]))})" for t in tasks]
     md = [
         f"# Table 1: stage `{stage}`" + (" (×100)" if percent else ""),
         "",
         "Mean ± sample std (ddof=1) over seeds; n = seeds; " + DASH + " = undefined or no runs. "
-        f"{FEW_MARK} = n < {FEW_SEEDS}. **Bold** = best contender (not `none`/`oracle`) among "
-        "cells with the same n whose paired t-interval against the runner-up excludes 0. "
+        f"{FEW_MARK} = n < {FEW_SEEDS}. **Bold** = best contender (not `none`/`constant`/"
+        "`oracle`) among cells with the same n whose paired t-interval against the runner-up "
+        "excludes 0. "
         f"`{BASELINE}` falls back to stage `finetune`. Avg = mean of the first metric over the "
         "tasks shown; Params = parameters after pruning; Speed-up = measured eval throughput "
-        "after/before (means over all the row's runs).",
+        "after/before (means over all the row's runs). "
+        f"{FLOOR_MARK} = mean not above the constant predictor's: the best label-blind "
+        "prediction (one class for every example; correlation 0 for regression) on the same "
+        "dev labels.",
         "",
         "| Criterion | " + " | ".join(head) + " | Avg | Params | Speed-up |",
         "|---|" + "---|" * (len(tasks) + 3),
@@ -119,6 +127,7 @@ def table1_markdown(
                 continue
             parts = [_metric_text(r["metrics"][m], scale, digits) for m in metrics[t]]
             text = " / ".join(parts) + f" (n={r['n']})" + (FEW_MARK if r["few"] else "")
+            text += FLOOR_MARK if (crit, t) in floor else ""
             cells.append(f"**{text}**" if r["best"] else text)
         any_row = next(at[(crit, t)] for t in sorted({r["task"] for r in rows}, key=task_key))
         params = [at[(crit, t)]["params"] for t in tasks if at[(crit, t)]["params"] is not None]
@@ -130,6 +139,10 @@ def table1_markdown(
             + f" | {_params(sum(params) / len(params) if params else None)}"
             + f" | {_speedup(sum(speed) / len(speed) if speed else None)} |"
         )
+    missing = [r for r in rows if r["criterion"] == CONSTANT and r.get("note")]
+    if missing:
+        md += ["", "Constant predictor not computed for:", ""]
+        md += [f"- {task_label(r['task'])}: {r['note']}" for r in missing]
     if excluded:
         md += ["", "Left out of the table:", ""]
         md += [f"- {task_label(t)}: {why}" for t, why in sorted(excluded.items())]
@@ -208,10 +221,11 @@ def table1_latex(
     """A booktabs `tabular` of Table 1 (needs `\\usepackage{booktabs}`)."""
     scale, digits = (100.0, 2) if percent else (1.0, 4)
     tasks, crits, at, metrics = _layout(rows, excluded)
+    floor = at_or_below_constant(rows)
     out = [
         "% infodyn-report Table 1: mean $\\pm$ sample std over seeds; bold = best with a paired",
         "% t-interval against the runner-up excluding 0; $^\\dagger$ = fewer than "
-        f"{FEW_SEEDS} seeds.",
+        f"{FEW_SEEDS} seeds; $^\\circ$ = not above the constant predictor.",
         "\\begin{tabular}{l" + "c" * (len(tasks) + 3) + "}",
         "\\toprule",
         "Criterion & "
@@ -234,7 +248,8 @@ def table1_latex(
                 for m in metrics[t]
             )
             text = f"\\textbf{{{text}}}" if r["best"] else text
-            cells.append(text + ("$^\\dagger$" if r["few"] else ""))
+            text += "$^\\dagger$" if r["few"] else ""
+            cells.append(text + ("$^\\circ$" if (crit, t) in floor else ""))
         params = [at[(crit, t)]["params"] for t in tasks if at[(crit, t)]["params"] is not None]
         speed = [at[(crit, t)]["speedup"] for t in tasks if at[(crit, t)]["speedup"] is not None]
         tail = [
@@ -289,7 +304,9 @@ def write_table1(
         "params_after",
         "speedup",
         "left_out",
+        "not_above_constant",
     ]
+    floor = at_or_below_constant(rows)
     lines = []
     for r in rows:
         for m, s in r["metrics"].items():
@@ -299,6 +316,7 @@ def write_table1(
                 _num(s["std"]), "*" if r["best"] and main else "", " ".join(map(str, s["seeds"])),
                 " ".join(map(_num, s["values"])), int(main), int(0 < s["n"] < FEW_SEEDS),
                 _num(r["params"]), _num(r["speedup"]), excluded.get(r["task"], ""),
+                int((r["criterion"], r["task"]) in floor),
             ])  # fmt: skip
     written.append(write_csv(out_dir / "table1.csv", header, lines))
     header = [
