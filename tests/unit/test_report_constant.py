@@ -56,6 +56,8 @@ def test_the_constant_row_marks_the_floor_and_leaves_out_a_model_below_it(tmp_pa
     cells = {line.split(" | ")[0]: line for line in table if line.startswith("| ")}
     assert cells["| Redundancy (ours)"].split(" | ")[1].endswith("°")  # exactly the floor
     assert not cells["| Last-k"].split(" | ")[1].endswith("°")
+    paired = md.split("## Paired differences")[1]
+    assert "Constant predictor" not in paired  # a floor, not a criterion to pair by seed
     assert f"RTE: unpruned Acc {majority - 0.01:.4f} (mean, n=3) does not beat the constant" in md
     csv = (tmp_path / "rep" / "table1.csv").read_text().splitlines()
     assert any(line.startswith("constant,Constant predictor,mrpc,f1,") for line in csv)

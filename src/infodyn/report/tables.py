@@ -161,7 +161,7 @@ def table1_markdown(
             "|---|" + "---|" * len(tasks),
         ]
         pat = {(p["criterion"], p["task"]): p for p in plist}
-        for crit in (c for c in crits if c != ref):
+        for crit in (c for c in crits if c not in (ref, CONSTANT)):  # no seeds to pair
             cells = [
                 _paired_text(pat[(crit, t)], scale, digits) if (crit, t) in pat else DASH
                 for t in tasks
