@@ -142,8 +142,11 @@ def test_killed_sweep_rerun_finishes_only_the_missing_jobs(tmp_path, glue_dir) -
 def test_cpu_scale_sizes_each_task_and_a_plain_run_keeps_the_paper_sizes() -> None:
     from conftest import compose_config
 
-    table = {t: compose_config(["sweep=cpu_table1", f"task={t}"]) for t in ("sst2", "mrpc")}
-    assert table["sst2"].data.train_limit == 2000 and table["sst2"].data.max_seq_length == 64
+    table = {
+        t: compose_config(["sweep=cpu_table1", f"task={t}"]) for t in ("sst2", "mrpc", "stsb")
+    }
+    assert table["sst2"].data.train_limit == 8000 and table["sst2"].data.max_seq_length == 64
+    assert table["stsb"].data.train_limit is None and table["stsb"].stages.finetune_epochs == 2
     assert table["mrpc"].data.train_limit is None and table["mrpc"].stages.finetune_epochs == 3
     assert table["sst2"].stages.oracle and table["sst2"].pruner.k == 2
     # the command line still wins over a task's CPU size
