@@ -54,7 +54,7 @@ report: $(STAMP) ## Table 1 and Fig. 1 from a sweep: make report NAME=cpu_table1
 
 # The issue's targets for the unpruned row; a task below its target is left out, with the reason.
 TARGETS ?= sst2:accuracy=0.85,mrpc:f1=0.85,stsb:pearson=0.80,cola:matthews=0.25,rte:accuracy=0.60
-table1: $(STAMP) ## The CPU Table 1, fidelity, claims and figures (sweep resumes; ~2 h+ on 2 cores)
+table1: $(STAMP) ## The CPU Table 1, fidelity, claims and figures (hours on 2 cores; resumes, runs in parts)
 	$(PY) -m infodyn -m sweep=cpu_table1 logger=csv $(ARGS)
 	$(VENV)/bin/infodyn-report outputs/multirun/cpu_table1 --expect-seeds 3 --targets $(TARGETS)
 
