@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from infodyn.io import atomic_copy
+from infodyn.io import atomic_copy, read_json
 
 log = logging.getLogger("infodyn")
 
@@ -52,6 +52,12 @@ class SharedFinetune:
 
     def complete(self) -> bool:
         return all((self.dir / name).is_file() for name in self.files)
+
+    def metrics(self) -> dict | None:
+        """The published stage's dev metrics (waits while another job trains it); None if none."""
+        with self.locked():
+            record = read_json(self.dir / "stages/finetune.json") if self.complete() else None
+        return record.get("metrics") if isinstance(record, dict) else None
 
     def fetch(self, run_dir: Path) -> bool:
         """Copy a published stage into `run_dir` (unless it has its own); True if it did."""

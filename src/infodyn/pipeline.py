@@ -36,6 +36,8 @@ from infodyn.results import RunResult
 from infodyn.reuse import check_reuse, config_hash, flat_config
 from infodyn.runlock import RunLock
 from infodyn.stages import Finetune, Job, OracleAnalysis, check_stored, run_stages, stages_for
+from infodyn.target import STATUS as TARGET_STATUS
+from infodyn.target import BelowTarget
 from infodyn.validation import validate
 
 log = logging.getLogger("infodyn")
@@ -148,15 +150,23 @@ def _locked_run(cfg: DictConfig, run_dir: Path, start: float) -> float | None:
     status = "failed"
     try:
         dm.setup("fit")
-        run_stages(job, shared)
-        result.status = "complete"
+        try:
+            run_stages(job, shared)
+            result.status = "complete"
+        except BelowTarget as why:  # by design, not a failure: the report lists it as skipped
+            result.status, result.reason = TARGET_STATUS, str(why)
         result.wall_time_s = round(time.time() - start, 3)
         result.config_path = config_path.name
         result.config_hash = config_hash(flat_config(cfg))
         result.save(run_dir / "results.json")
         if rank_zero_only.rank == 0:  # a finished run is skipped on rerun: its checkpoints go
             release_finished_run(run_dir, keep=list(cfg.run.get("keep_checkpoints") or ()))
+            if not result.complete and shared["finetune"] and shared["finetune"].complete():
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a copy of the cache's
         status = "success"
+        if not result.complete:
+            log.warning("%s: %s", result.status, result.reason)
+            return None
         log_run_summary(job.loggers, result)
         log.info("run finished\n%s", summary_table(result, run_dir))
         return result.main_value()

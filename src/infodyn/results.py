@@ -76,7 +76,8 @@ class RunResult:
     sweep: str
     job_name: str
     main_metric: str
-    status: str = "complete"  # "complete" | "failed"
+    status: str = "complete"  # "complete" | "failed" | "below_target" (target.py)
+    reason: str | None = None  # why a job that is not complete stopped
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     num_layers_before: int | None = None
     num_layers_after: int | None = None

@@ -23,6 +23,7 @@ INERT = (
     "hydra",
     "run_dir",
     "project",
+    "target",  # decides whether a criterion runs, never what it computes
     "sweep_name",
     "logger",
     "paths",  # where data and outputs live, not what they hold (the data cache keys content)

@@ -234,6 +234,11 @@ class Root(_Section):
     trainer: Trainer
     logger: Logger
     callbacks: dict[str, Any] | None = None  # Lightning callbacks built from `_target_`
+    target: dict[str, float] | None = Field(
+        None,
+        description="a mapping {metric: number}, e.g. {accuracy: 0.85} (or null for none)",
+        examples=[{"accuracy": 0.85}],
+    )
 
 
 def _trainer_arguments() -> set[str]:

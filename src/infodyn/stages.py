@@ -1,4 +1,4 @@
-"""The stages of one job: finetune -> [oracle] -> score -> prune -> recover -> final.
+"""The stages of one job: finetune -> [target] -> [oracle] -> score -> prune -> recover -> final.
 
 Each stage is one small unit that knows where its record is, whether it is done, how to load
 what it made and how to run. A record (`<run dir>/stages/<stage>.json`) stores the config keys
@@ -162,6 +162,41 @@ class Finetune(Stage):
             "profiles": profiles,
         }
         return record
+
+
+class TargetCheck(Stage):
+    """Stop a pruning job whose plain fine-tune misses `target` (`target.py`); keeps no record.
+
+    It runs after `finetune`, or before it for a pruner that trains its own model (LayerDrop),
+    whose evidence is then the plain fine-tune another job published to the shared cache.
+    """
+
+    name = "target"
+
+    def done(self, job: Job) -> dict | None:
+        return None  # judged afresh each time: the target may have changed since
+
+    def save(self, job: Job, record: dict[str, Any]) -> dict[str, Any]:
+        return record
+
+    def load(self, job: Job, record: dict[str, Any]) -> None:
+        return None
+
+    def run(self, job: Job) -> dict[str, Any]:
+        from infodyn.target import judge
+
+        judge(job.cfg, self.plain_metrics(job))
+        return {}
+
+    @staticmethod
+    def plain_metrics(job: Job) -> dict[str, Any] | None:
+        if not job.pruner.training_signature():
+            return job.result.metrics.get("finetune")
+        from infodyn import finetune_cache
+        from infodyn.reuse import config_hash
+
+        entry = finetune_cache.for_job(job.cfg, config_hash(stage_config(job.cfg, "finetune")))
+        return entry.metrics() if entry else None
 
 
 class OracleAnalysis(Stage):
@@ -336,10 +371,14 @@ class Final(Stage):
 
 def stages_for(job: Job) -> list[Stage]:
     """The stages this job runs: nothing to remove -> fine-tune and final only."""
+    from infodyn.target import targets
+
     if job.k == 0:
         return [Finetune(), Final()]
+    check = [TargetCheck()] if targets(job.cfg) else []
+    before, after = (check, []) if job.pruner.training_signature() else ([], check)
     middle = [OracleAnalysis()] if job.cfg.stages.get("oracle", False) else []
-    return [Finetune(), *middle, Score(), Prune(), Recover(), Final()]
+    return [*before, Finetune(), *after, *middle, Score(), Prune(), Recover(), Final()]
 
 
 def check_stored(job: Job, stages: list[Stage]) -> None:

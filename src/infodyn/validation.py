@@ -207,6 +207,13 @@ def callbacks_monitor_logged_metrics(cfg: DictConfig) -> None:
             )
 
 
+def target_metrics_computed(cfg: DictConfig) -> None:
+    """Every `target` metric is one the task computes (`target.py` owns the rule)."""
+    from infodyn.target import check_metrics
+
+    check_metrics(cfg)
+
+
 RULES: list[Callable[[DictConfig], None]] = [
     accelerator_available,
     strategy_known,
@@ -221,6 +228,7 @@ RULES: list[Callable[[DictConfig], None]] = [
     seq_length_fits_model,
     task_labels_agree,
     callbacks_monitor_logged_metrics,
+    target_metrics_computed,
 ]
 
 

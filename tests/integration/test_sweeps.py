@@ -149,6 +149,10 @@ def test_cpu_scale_sizes_each_task_and_a_plain_run_keeps_the_paper_sizes() -> No
     assert table["stsb"].data.train_limit is None and table["stsb"].stages.finetune_epochs == 2
     assert table["mrpc"].data.train_limit is None and table["mrpc"].stages.finetune_epochs == 3
     assert table["sst2"].stages.oracle and table["sst2"].pruner.k == 2
+    # each task's unpruned target comes with its size (the report and the gate read it)
+    assert dict(table["sst2"].target) == {"accuracy": 0.85}
+    assert dict(table["mrpc"].target) == {"f1": 0.85}
+    assert dict(table["stsb"].target) == {"pearson": 0.80}
     # the command line still wins over a task's CPU size
     assert (
         compose_config(["sweep=cpu_table1", "task=sst2", "data.train_limit=16"]).data.train_limit
@@ -156,6 +160,8 @@ def test_cpu_scale_sizes_each_task_and_a_plain_run_keeps_the_paper_sizes() -> No
     )
     plain = compose_config(["task=sst2", "model=minilm_l6"])
     assert plain.data.train_limit is None and plain.stages.finetune_epochs == 6
+    assert plain.target is None
     # a model without a CPU-size file composes at the sweep's own settings
     tiny = compose_config(["sweep=cpu_table1", "task=sst2", "model=roberta_tiny"])
     assert tiny.data.train_limit is None and tiny.data.max_seq_length == 128
+    assert tiny.target is None

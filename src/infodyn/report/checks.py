@@ -144,6 +144,18 @@ def parse_targets(spec: str | None) -> dict[str, dict[str, float]]:
     return dict(out)
 
 
+def config_targets(runs: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """Each task's `target` as its unpruned runs were configured with it ({} where none was)."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for run in runs:
+        if run.pruner != BASELINE:
+            continue
+        for key, value in run.config.items():
+            if key.startswith("target.") and isinstance(value, int | float):
+                out[run.task].setdefault(key.split(".", 1)[1], float(value))
+    return dict(out)
+
+
 def below_target(
     rows: Sequence[Mapping[str, Any]], targets: Mapping[str, Mapping[str, float]]
 ) -> dict[str, str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from infodyn.report.names import BASELINE, criterion_key, task_key
 from infodyn.results import RunResult
+from infodyn.target import STATUS as TARGET_STATUS
 
 # Files a job writes before training: a job dir holding one but no results.json did not finish.
 JOB_MARKERS = (".hydra", "config_resolved.yaml")
@@ -70,6 +71,7 @@ class Failed:
     task: str | None = None
     pruner: str | None = None
     seed: int | None = None
+    skipped: bool = False  # not run by design: its plain fine-tune missed the target (target.py)
 
     def describe(self) -> str:
         who = ", ".join(
@@ -161,8 +163,9 @@ def collect(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Run], list
 
     Returns:
         `(runs, failed)`: complete runs, and jobs whose results.json is unreadable, not
-        `status == "complete"`, or absent from a job dir (one holding `.hydra/` or
-        `config_resolved.yaml`: the pipeline writes those before training).
+        `status == "complete"` (`skipped` when below its target), or absent from a job dir
+        (one holding `.hydra/` or `config_resolved.yaml`: the pipeline writes those before
+        training).
 
     Raises:
         NoRunsError: a dir does not exist or holds no results.json at all.
@@ -187,10 +190,10 @@ def collect(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Run], list
                 failed.append(_failed_from_path(job, reason))
                 continue
             if not result.complete:
+                skipped = result.status == TARGET_STATUS
+                reason = f"status={result.status!r}" + (f": {result.reason}" if skipped else "")
                 failed.append(
-                    Failed(
-                        job, f"status={result.status!r}", result.task, result.pruner, result.seed
-                    )
+                    Failed(job, reason, result.task, result.pruner, result.seed, skipped)
                 )
                 continue
             runs.append(Run(job, result, _read_config(job, result)))
