@@ -64,7 +64,8 @@ class SharedFinetune:
         if not self.complete() or all((run_dir / n).is_file() for n in self.files):
             return False
         for name in self.files:
-            atomic_copy(self.dir / name, run_dir / name)
+            # a finished stage's files are only ever replaced: sharing them costs no disk
+            atomic_copy(self.dir / name, run_dir / name, link=True)
         log.info("%s shared from %s", " + ".join(self.files), self.dir)
         return True
 

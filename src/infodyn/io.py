@@ -63,8 +63,18 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    return atomic_write(dst, lambda tmp: shutil.copy2(src, tmp))
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, link: bool = False) -> Path:
+    """`src` at `dst`, whole or not at all. `link=True` shares the file (a hard link) where the
+    file system allows: only for files that every writer replaces, never edits in place."""
+
+    def place(tmp: Path) -> None:
+        if link:
+            with contextlib.suppress(OSError):  # another device, or no links: copy instead
+                os.link(src, tmp)
+                return
+        shutil.copy2(src, tmp)
+
+    return atomic_write(dst, place)
 
 
 @contextlib.contextmanager

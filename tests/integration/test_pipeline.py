@@ -267,3 +267,24 @@ def test_progress_bar_on_a_terminal(tiny_cfg) -> None:
     cfg = tiny_cfg("task=sst2", "pruner=last_k", "pruner.k=1", "trainer.enable_progress_bar=true")
     run(cfg)
     assert results(cfg.run_dir)["status"] == "complete"
+
+
+def test_a_fetched_shared_stage_is_a_link_that_a_rewrite_never_reaches(tmp_path) -> None:
+    from infodyn.checkpoints import slim_checkpoint
+    from infodyn.finetune_cache import FILES, SharedFinetune
+
+    entry = SharedFinetune(tmp_path / "ft", "key")
+    for name in FILES:
+        (entry.dir / name).parent.mkdir(parents=True, exist_ok=True)
+    (entry.dir / FILES[0]).write_text('{"metrics": {"accuracy": 0.5}}')
+    torch.save(
+        {"state_dict": {}, "optimizer_states": [1], "lr_schedulers": [1]}, entry.dir / FILES[1]
+    )
+    run_dir = tmp_path / "run"
+    assert entry.fetch(run_dir)
+    cached, fetched = entry.dir / FILES[1], run_dir / FILES[1]
+    assert fetched.stat().st_ino == cached.stat().st_ino  # twelve criteria, one file on disk
+    before = cached.read_bytes()
+    slim_checkpoint(fetched)  # every writer replaces the file: the cache keeps its own
+    assert fetched.stat().st_ino != cached.stat().st_ino and cached.read_bytes() == before
+    assert entry.metrics() == {"accuracy": 0.5}
