@@ -164,6 +164,33 @@ def holder_of(run_dir: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def unfinished_state(run_dir: str | os.PathLike) -> tuple[bool, str]:
+    """`(running, why)` for a job dir without a finished record, without touching its lock.
+
+    Read from `.lock` only (taking even a shared lock could refuse a job starting right then):
+    present with a live pid on this host -> running; with a dead pid -> killed (a rerun resumes);
+    on another host -> unknown from here; absent -> the job stopped before or after holding it.
+    """
+    holder = holder_of(run_dir)
+    if holder is None:
+        return False, "no results.json and no lock: the job crashed or was stopped"
+    pid, host, since = (holder.get(k, "?") for k in ("pid", "host", "since"))
+    who = f"pid {pid} on {host} since {since}"
+    if host != socket.gethostname():
+        return False, f"no results.json; its lock names {who}: running or killed, not known here"
+    try:
+        alive = int(pid) > 0 and os.kill(int(pid), 0) is None
+    except ProcessLookupError:
+        return False, f"no results.json; killed while running ({who}): a rerun resumes it"
+    except PermissionError:  # a live process of another user
+        alive = True
+    except (ValueError, TypeError, OverflowError):
+        alive = False
+    if not alive:
+        return False, f"no results.json; its lock names {who}, which is not a process id"
+    return True, f"running ({who})"
+
+
 def _read_holder(fd: int) -> dict | None:
     try:
         data = json.loads(os.pread(fd, 65536, 0).decode("utf-8") or "null")

@@ -319,3 +319,23 @@ def test_python_dash_m_and_the_console_script_entry(sweep: Path, tmp_path: Path)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "claims.md").exists()
+
+
+def test_a_running_job_is_listed_as_running_not_failed(sweep: Path, tmp_path: Path, capsys):
+    import json
+    import os
+    import socket
+
+    job = sweep / "pruner=redundancy,task=mrpc" / "seed=7"
+    job.mkdir(parents=True)
+    (job / "config_resolved.yaml").write_text("task: {name: mrpc}\npruner: {name: redundancy}\n")
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "since": "t0"}
+    (job / ".lock").write_text(json.dumps(lock))
+    runs, failed = report.collect([sweep])
+    (entry,) = [f for f in failed if f.seed == 7]
+    assert entry.running and entry.reason.startswith("running (pid")
+    report.main([str(sweep), "--out", str(tmp_path / "o"), "--no-figures"])
+    err = capsys.readouterr().err
+    running = err.split("RUNNING jobs")[1].split("!!! ")[0:3]
+    assert "seed=7" in "".join(running)
+    assert "seed=7" not in err.split("FAILED jobs")[1].split("RUNNING jobs")[0]

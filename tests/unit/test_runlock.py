@@ -261,3 +261,29 @@ def test_every_writers_temporary_is_one_the_next_start_removes(
     assert remaining == [], remaining
     assert (root / "checkpoints" / "finetune" / "last.ckpt").is_file()
     assert (root / "stages" / "finetune.json").is_file()
+
+
+def test_an_unfinished_job_dir_says_whether_it_is_running_killed_or_stopped(tmp_path) -> None:
+    from infodyn.runlock import LOCK_NAME, unfinished_state
+
+    def lock(pid, host=None) -> Path:
+        job = tmp_path / f"job-{pid}-{host}"
+        job.mkdir()
+        record = {"pid": pid, "host": host or socket.gethostname(), "since": "t0"}
+        (job / LOCK_NAME).write_text(json.dumps(record))
+        return job
+
+    running, why = unfinished_state(lock(os.getpid()))
+    assert running and why.startswith("running (pid")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    assert unfinished_state(lock(int(dead))) == (
+        False,
+        f"no results.json; killed while running (pid {dead} on {socket.gethostname()} since "
+        "t0): a rerun resumes it",
+    )
+    running, why = unfinished_state(lock(os.getpid(), host="elsewhere"))
+    assert not running and "not known here" in why
+    running, why = unfinished_state(tmp_path)  # no lock at all
+    assert not running and "crashed or was stopped" in why

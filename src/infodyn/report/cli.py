@@ -81,9 +81,10 @@ def _loud(title: str, lines: Sequence[str]) -> None:
 
 
 def _problems(runs: Sequence[Run], failed, args) -> dict[str, list[str]]:
-    broken = [f.describe() for f in failed if not f.skipped]
+    broken = [f.describe() for f in failed if not (f.skipped or f.running)]
     return {
         "FAILED jobs (not averaged)": broken + no_metric(runs, args.stage),
+        "RUNNING jobs (not in the table yet)": [f.describe() for f in failed if f.running],
         "MISSING jobs": missing_jobs(runs, failed, args.expect_seeds),
         "MIXED configs in one comparison": mixed_configs(runs),
         SKIPPED: [f.describe() for f in failed if f.skipped],

@@ -12,6 +12,7 @@ from typing import Any
 
 from infodyn.report.names import BASELINE, criterion_key, task_key
 from infodyn.results import RunResult
+from infodyn.runlock import unfinished_state
 from infodyn.target import STATUS as TARGET_STATUS
 
 # Files a job writes before training: a job dir holding one but no results.json did not finish.
@@ -72,6 +73,7 @@ class Failed:
     pruner: str | None = None
     seed: int | None = None
     skipped: bool = False  # not run by design: its plain fine-tune missed the target (target.py)
+    running: bool = False  # a live job holds its run dir: not finished yet, not failed
 
     def describe(self) -> str:
         who = ", ".join(
@@ -202,9 +204,10 @@ def collect(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Run], list
             if job.resolve() in seen or (job / "results.json").exists():
                 continue
             seen.add(job.resolve())
-            failed.append(
-                _failed_from_path(job, "no results.json (job crashed, was killed or is running)")
-            )
+            running, why = unfinished_state(job)
+            entry = _failed_from_path(job, why)
+            entry.running = running
+            failed.append(entry)
     return runs, failed
 
 
