@@ -32,11 +32,10 @@ from infodyn.loggers import close_loggers, log_run_summary, summary_table
 from infodyn.model_checks import preflight
 from infodyn.models import find_hf_model
 from infodyn.output_paths import check_output_dir
-from infodyn.results import RunResult
+from infodyn.results import BELOW_TARGET, RunResult
 from infodyn.reuse import check_reuse, config_hash, flat_config
 from infodyn.runlock import RunLock
 from infodyn.stages import Finetune, Job, OracleAnalysis, check_stored, run_stages, stages_for
-from infodyn.target import STATUS as TARGET_STATUS
 from infodyn.target import BelowTarget
 from infodyn.validation import validate
 
@@ -154,7 +153,7 @@ def _locked_run(cfg: DictConfig, run_dir: Path, start: float) -> float | None:
             run_stages(job, shared)
             result.status = "complete"
         except BelowTarget as why:  # by design, not a failure: the report lists it as skipped
-            result.status, result.reason = TARGET_STATUS, str(why)
+            result.status, result.reason = BELOW_TARGET, str(why)
         result.wall_time_s = round(time.time() - start, 3)
         result.config_path = config_path.name
         result.config_hash = config_hash(flat_config(cfg))
@@ -162,7 +161,7 @@ def _locked_run(cfg: DictConfig, run_dir: Path, start: float) -> float | None:
         if rank_zero_only.rank == 0:  # a finished run is skipped on rerun: its checkpoints go
             release_finished_run(run_dir, keep=list(cfg.run.get("keep_checkpoints") or ()))
             if not result.complete and shared["finetune"] and shared["finetune"].complete():
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a copy of the cache's
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the cache holds it
         status = "success"
         if not result.complete:
             log.warning("%s: %s", result.status, result.reason)

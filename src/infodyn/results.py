@@ -14,6 +14,7 @@ from infodyn.io import atomic_write_json, finite, read_json
 
 SCHEMA_VERSION = 2
 STAGE_ORDER = ("final", "recover", "pruned", "finetune")  # latest first: what a run ends with
+BELOW_TARGET = "below_target"  # a pruning job not run: its plain fine-tune missed `target`
 
 
 @dataclass
@@ -76,7 +77,7 @@ class RunResult:
     sweep: str
     job_name: str
     main_metric: str
-    status: str = "complete"  # "complete" | "failed" | "below_target" (target.py)
+    status: str = "complete"  # "complete" | "failed" | BELOW_TARGET (target.py)
     reason: str | None = None  # why a job that is not complete stopped
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     num_layers_before: int | None = None
@@ -102,6 +103,10 @@ class RunResult:
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    @property
+    def below_target(self) -> bool:
+        return self.status == BELOW_TARGET
 
     def to_dict(self) -> dict[str, Any]:
         return finite(dataclasses.asdict(self))

@@ -178,16 +178,14 @@ def unfinished_state(run_dir: str | os.PathLike) -> tuple[bool, str]:
     who = f"pid {pid} on {host} since {since}"
     if host != socket.gethostname():
         return False, f"no results.json; its lock names {who}: running or killed, not known here"
+    if not isinstance(pid, int) or pid <= 0:
+        return False, f"no results.json; its lock names {who}, which is not a process id"
     try:
-        alive = int(pid) > 0 and os.kill(int(pid), 0) is None
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False, f"no results.json; killed while running ({who}): a rerun resumes it"
-    except PermissionError:  # a live process of another user
-        alive = True
-    except (ValueError, TypeError, OverflowError):
-        alive = False
-    if not alive:
-        return False, f"no results.json; its lock names {who}, which is not a process id"
+    except PermissionError:  # alive, another user's
+        pass
     return True, f"running ({who})"
 
 

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from infodyn import finetune_cache
 from infodyn.checkpoints import load_module, slim_checkpoint, usable_checkpoint
 from infodyn.evaluation import (
     batch_judge,
@@ -33,7 +34,8 @@ from infodyn.killpoints import kill_point
 from infodyn.layers import num_blocks
 from infodyn.models import find_hf_model
 from infodyn.results import Oracle, RunResult, Throughput
-from infodyn.reuse import check_reuse, stage_config
+from infodyn.reuse import check_reuse, config_hash, stage_config
+from infodyn.target import judge, targets
 
 log = logging.getLogger("infodyn")
 
@@ -183,8 +185,6 @@ class TargetCheck(Stage):
         return None
 
     def run(self, job: Job) -> dict[str, Any]:
-        from infodyn.target import judge
-
         judge(job.cfg, self.plain_metrics(job))
         return {}
 
@@ -192,9 +192,6 @@ class TargetCheck(Stage):
     def plain_metrics(job: Job) -> dict[str, Any] | None:
         if not job.pruner.training_signature():
             return job.result.metrics.get("finetune")
-        from infodyn import finetune_cache
-        from infodyn.reuse import config_hash
-
         entry = finetune_cache.for_job(job.cfg, config_hash(stage_config(job.cfg, "finetune")))
         return entry.metrics() if entry else None
 
@@ -371,8 +368,6 @@ class Final(Stage):
 
 def stages_for(job: Job) -> list[Stage]:
     """The stages this job runs: nothing to remove -> fine-tune and final only."""
-    from infodyn.target import targets
-
     if job.k == 0:
         return [Finetune(), Final()]
     check = [TargetCheck()] if targets(job.cfg) else []

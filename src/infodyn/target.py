@@ -3,9 +3,10 @@
 `target: {metric: value}` (set per task and model by `conf/task_scale/`) is the dev score the
 plain fine-tune of a (task, seed) must reach. A model too weak to beat it cannot tell the
 criteria apart, so a pruning job whose plain fine-tune misses the target records
-`status: below_target` with the numbers and stops before scoring (and, for a pruner that trains
-its own model, such as LayerDrop, before that fine-tune). The unpruned job itself is never held
-back: it is the evidence. `infodyn-report` reads the same target from each run's config.
+`status: below_target` (`results.BELOW_TARGET`) with the numbers and stops before scoring (and,
+for a pruner that trains its own model, such as LayerDrop, before that fine-tune). The unpruned
+job itself is never held back: it is the evidence. `infodyn-report` reads the same target from
+each run's config.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from omegaconf import DictConfig
 from infodyn.errors import ConfigError
 
 log = logging.getLogger("infodyn")
-
-STATUS = "below_target"
 
 
 class BelowTarget(Exception):

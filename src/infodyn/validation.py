@@ -27,6 +27,7 @@ from infodyn.model_checks import (
 from infodyn.model_folder import local_model_folder_usable
 from infodyn.output_paths import check_dirs, refuse_climbing
 from infodyn.schema import check_schema
+from infodyn.target import check_metrics as target_metrics_known
 
 
 def validate(cfg: DictConfig) -> None:
@@ -207,13 +208,6 @@ def callbacks_monitor_logged_metrics(cfg: DictConfig) -> None:
             )
 
 
-def target_metrics_computed(cfg: DictConfig) -> None:
-    """Every `target` metric is one the task computes (`target.py` owns the rule)."""
-    from infodyn.target import check_metrics
-
-    check_metrics(cfg)
-
-
 RULES: list[Callable[[DictConfig], None]] = [
     accelerator_available,
     strategy_known,
@@ -228,7 +222,7 @@ RULES: list[Callable[[DictConfig], None]] = [
     seq_length_fits_model,
     task_labels_agree,
     callbacks_monitor_logged_metrics,
-    target_metrics_computed,
+    target_metrics_known,
 ]
 
 

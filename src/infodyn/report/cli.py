@@ -32,6 +32,8 @@ from infodyn.report.stats import best_vs_runner_up, cell_values, paired_comparis
 from infodyn.report.tables import PAIRED_REFERENCES, write_fidelity, write_table1
 
 STAGES = ("finetune", "pruned", "recover", "final")
+# Jobs not run by design (`target.py`): listed, never a `--strict` failure.
+SKIPPED = "SKIPPED criteria (their plain fine-tune missed the target)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,10 +91,6 @@ def _problems(runs: Sequence[Run], failed, args) -> dict[str, list[str]]:
         "MIXED configs in one comparison": mixed_configs(runs),
         SKIPPED: [f.describe() for f in failed if f.skipped],
     }
-
-
-# Jobs not run by design (`target.py`): listed, never a `--strict` failure.
-SKIPPED = "SKIPPED criteria (their plain fine-tune missed the target)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

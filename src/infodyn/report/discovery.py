@@ -13,7 +13,6 @@ from typing import Any
 from infodyn.report.names import BASELINE, criterion_key, task_key
 from infodyn.results import RunResult
 from infodyn.runlock import unfinished_state
-from infodyn.target import STATUS as TARGET_STATUS
 
 # Files a job writes before training: a job dir holding one but no results.json did not finish.
 JOB_MARKERS = (".hydra", "config_resolved.yaml")
@@ -117,7 +116,7 @@ def _path_overrides(path: Path) -> dict[str, str]:
     return found
 
 
-def _failed_from_path(path: Path, reason: str) -> Failed:
+def _failed_from_path(path: Path, reason: str, running: bool = False) -> Failed:
     """Name a job without a usable results.json from its resolved config, overrides or path."""
     import yaml
 
@@ -146,7 +145,7 @@ def _failed_from_path(path: Path, reason: str) -> Failed:
     except (TypeError, ValueError):
         seed = None
     task, pruner = found.get("task"), found.get("pruner")
-    return Failed(path, reason, task and str(task), pruner and str(pruner), seed)
+    return Failed(path, reason, task and str(task), pruner and str(pruner), seed, running=running)
 
 
 def _read_config(job_dir: Path, result: RunResult) -> dict[str, Any]:
@@ -192,7 +191,7 @@ def collect(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Run], list
                 failed.append(_failed_from_path(job, reason))
                 continue
             if not result.complete:
-                skipped = result.status == TARGET_STATUS
+                skipped = result.below_target
                 reason = f"status={result.status!r}" + (f": {result.reason}" if skipped else "")
                 failed.append(
                     Failed(job, reason, result.task, result.pruner, result.seed, skipped)
@@ -205,9 +204,7 @@ def collect(run_dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Run], list
                 continue
             seen.add(job.resolve())
             running, why = unfinished_state(job)
-            entry = _failed_from_path(job, why)
-            entry.running = running
-            failed.append(entry)
+            failed.append(_failed_from_path(job, why, running))
     return runs, failed
 
 
